@@ -1,0 +1,260 @@
+"""Typed run configuration: dataclasses registered in Hydra's ConfigStore, and validation with readable errors.
+
+Hydra composes `configs/` + a recipe + command-line overrides into an `AlignConfig`. Every group node is typed, so an
+unknown key fails at composition time with Hydra's "Key 'x' not in 'GRPOAlgorithmConfig'" message. Semantic checks
+that need more than one key (batch arithmetic, precision on CPU, ...) live in `validate`, which runs before any
+dataset or model is loaded.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+GRPO_LOSS_TYPES = ("grpo", "dapo", "dr_grpo", "bnpo")
+IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")  # "sequence" is GSPO
+SCALE_REWARDS = ("group", "batch", "none")
+LOGGER_BACKENDS = ("none", "wandb", "tensorboard")
+
+
+class ConfigError(ValueError):
+    """The composed configuration is invalid; the message names the key and the fix."""
+
+
+@dataclass
+class LoraConfig:
+    r: int = 0  # 0 trains every weight; > 0 trains a LoRA adapter of this rank
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: List[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+
+@dataclass
+class ModelConfig:
+    path: str = "embedded:tiny"  # local dir, hub name, or embedded:tiny
+    revision: Optional[str] = None
+    dtype: str = "auto"  # auto = bf16 on a bf16-capable GPU, else fp32
+    trust_remote_code: bool = False
+    chat_template: Optional[str] = None  # Jinja template overriding the tokenizer's own
+    attn_implementation: Optional[str] = None
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+
+@dataclass
+class SyntheticConfig:
+    task: str = "arithmetic"
+    num_train: int = 2000
+    num_eval: int = 200
+    digits: int = 2
+    operators: List[str] = field(default_factory=lambda: ["+"])
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    source: str = "synthetic"  # "synthetic", a local .jsonl/.json/.parquet/.csv file or saved dataset dir, or a hub name
+    subset: Optional[str] = None  # hub dataset config name
+    split: str = "train"
+    eval_split: Optional[str] = None  # held-out split of the same source
+    eval_size: int = 0  # when there is no eval split: rows carved off the end of the training split
+    columns: Dict[str, str] = field(default_factory=dict)  # canonical name -> column in the source
+    system_prompt: Optional[str] = None  # prepended to string prompts
+    max_train_rows: Optional[int] = None
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class RewardSourceConfig:
+    name: str = MISSING  # a built-in verifier name or an import path `package.module:function`
+    weight: float = 1.0
+    kwargs: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RewardConfig:
+    sources: List[RewardSourceConfig] = field(default_factory=list)
+
+
+@dataclass
+class GRPOAlgorithmConfig:
+    name: str = "grpo"
+    loss_type: str = "dapo"  # grpo | dapo | dr_grpo | bnpo
+    importance_sampling_level: str = "token"  # token | sequence (GSPO)
+    num_generations: int = 8
+    beta: float = 0.0  # KL coefficient; > 0 loads a reference model
+    epsilon: float = 0.2
+    epsilon_high: Optional[float] = None
+    scale_rewards: str = "group"  # group | batch | none
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_completion_length: int = 256
+    steps_per_generation: Optional[int] = None  # default: gradient_accumulation_steps
+    num_iterations: int = 1
+    mask_truncated_completions: bool = False
+    use_vllm: bool = False
+    vllm_mode: str = "colocate"
+    trl: Dict[str, Any] = field(default_factory=dict)  # further GRPOConfig fields, passed through as given
+
+
+@dataclass
+class SFTAlgorithmConfig:
+    name: str = "sft"
+    completion_column: str = "solution"
+    max_length: int = 512
+    trl: Dict[str, Any] = field(default_factory=dict)  # further SFTConfig fields, passed through as given
+
+
+@dataclass
+class WarmStartConfig:
+    """An SFT stage run before the main algorithm in the same run directory (max_steps 0 turns it off)."""
+
+    max_steps: int = 0
+    learning_rate: float = 1e-3
+    per_device_train_batch_size: int = 32
+    completion_column: str = "solution"
+
+
+@dataclass
+class TrainerConfig:
+    output_root: str = "runs"
+    run_name: Optional[str] = None  # default: <recipe or algorithm>-<timestamp>
+    output_dir: Optional[str] = None  # overrides output_root/run_name
+    seed: int = 42
+    max_steps: int = 100
+    learning_rate: float = 1e-6
+    lr_scheduler_type: str = "constant"
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    per_device_train_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    gradient_checkpointing: bool = False
+    logging_steps: int = 1
+    save_steps: int = 0  # 0 saves only the final model
+    save_total_limit: Optional[int] = 2
+    trl: Dict[str, Any] = field(default_factory=dict)  # further TrainingArguments fields, passed through as given
+
+
+@dataclass
+class EvalConfig:
+    """Held-out accuracy, greedy and without hints, before and after training (and every `every_steps`)."""
+
+    enabled: bool = True
+    metric: str = "boxed_match"  # a reward source; a sample counts as correct when it scores >= 1
+    max_samples: int = 200
+    max_new_tokens: int = 64
+    batch_size: int = 64
+    every_steps: int = 0  # 0 = only before and after
+
+
+@dataclass
+class LoggerConfig:
+    backend: str = "none"  # none | wandb | tensorboard
+    project: str = "align"
+    entity: Optional[str] = None
+    group: Optional[str] = None
+    tags: List[str] = field(default_factory=list)
+    mode: Optional[str] = None  # wandb mode: online | offline | disabled (default: WANDB_MODE or online)
+    log_completions: bool = False
+
+
+@dataclass
+class AlignConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    algorithm: Any = MISSING
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+
+ALGORITHMS = {"grpo": GRPOAlgorithmConfig, "sft": SFTAlgorithmConfig}
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="align_schema", node=AlignConfig)
+    for name, node in ALGORITHMS.items():
+        cs.store(group="algorithm", name=f"{name}_schema", node=node)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Validation
+
+
+def world_size() -> int:
+    """Processes in this launch, read from the launcher's environment (no process group is needed)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _one_of(key: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key} is '{value}'; choose one of: {', '.join(map(str, allowed))}.")
+
+
+def _positive(key: str, value: int) -> None:
+    if value < 1:
+        raise ConfigError(f"{key} must be >= 1, got {value}.")
+
+
+def generation_batch_size(algo: GRPOAlgorithmConfig, trainer: TrainerConfig, processes: int) -> tuple[int, str]:
+    """Completions per generation round across all processes, and the arithmetic that produced it."""
+    steps = algo.steps_per_generation or trainer.gradient_accumulation_steps
+    size = trainer.per_device_train_batch_size * processes * steps
+    source = "steps_per_generation" if algo.steps_per_generation else "gradient_accumulation_steps"
+    return size, (f"per_device_train_batch_size {trainer.per_device_train_batch_size} x processes {processes} x "
+                  f"{source} {steps} = {size}")
+
+
+def validate(cfg: AlignConfig, processes: int | None = None) -> None:
+    """Check cross-field constraints; raise ConfigError naming the key and the fix. Loads nothing."""
+    import torch
+
+    processes = processes or world_size()
+    t, algo = cfg.trainer, cfg.algorithm
+    if getattr(algo, "name", None) not in ALGORITHMS:
+        raise ConfigError(f"algorithm.name '{getattr(algo, 'name', None)}' is unknown; choose one of: "
+                          f"{', '.join(ALGORITHMS)}.")
+    for key in ("max_steps", "per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps"):
+        _positive(f"trainer.{key}", getattr(t, key))
+    if t.learning_rate <= 0:
+        raise ConfigError(f"trainer.learning_rate must be > 0, got {t.learning_rate}.")
+    _one_of("logger.backend", cfg.logger.backend, LOGGER_BACKENDS)
+    if cfg.model.dtype in ("bfloat16", "bf16", "float16", "fp16") and not torch.cuda.is_available():
+        raise ConfigError(f"model.dtype is '{cfg.model.dtype}' but no GPU is available; CPU training runs in fp32. "
+                          f"Set model.dtype=auto (or float32).")
+    if cfg.model.lora.r < 0:
+        raise ConfigError(f"model.lora.r must be >= 0 (0 = full fine-tuning), got {cfg.model.lora.r}.")
+    if cfg.warm_start.max_steps < 0:
+        raise ConfigError(f"warm_start.max_steps must be >= 0, got {cfg.warm_start.max_steps}.")
+    if isinstance(algo, GRPOAlgorithmConfig):
+        _validate_grpo(cfg, algo, processes)
+
+
+def _validate_grpo(cfg: AlignConfig, algo: GRPOAlgorithmConfig, processes: int) -> None:
+    _one_of("algorithm.loss_type", algo.loss_type, GRPO_LOSS_TYPES)
+    _one_of("algorithm.importance_sampling_level", algo.importance_sampling_level, IMPORTANCE_SAMPLING_LEVELS)
+    _one_of("algorithm.scale_rewards", algo.scale_rewards, SCALE_REWARDS)
+    if algo.num_generations < 2:
+        raise ConfigError(f"algorithm.num_generations must be >= 2 (group-relative advantages need a group), "
+                          f"got {algo.num_generations}.")
+    _positive("algorithm.max_completion_length", algo.max_completion_length)
+    _positive("algorithm.num_iterations", algo.num_iterations)
+    if algo.beta < 0:
+        raise ConfigError(f"algorithm.beta must be >= 0, got {algo.beta}.")
+    size, arithmetic = generation_batch_size(algo, cfg.trainer, processes)
+    if size % algo.num_generations:
+        raise ConfigError(
+            f"generation batch {size} is not divisible by num_generations {algo.num_generations}: {arithmetic}. "
+            f"Change one of these so the product is a multiple of {algo.num_generations}."
+        )
+    if not cfg.reward.sources:
+        raise ConfigError("reward.sources is empty; GRPO needs at least one reward source (e.g. reward=arithmetic).")

@@ -1,0 +1,96 @@
+"""Embedded synthetic tasks: generated deterministically, verifiable, with step-by-step reference solutions.
+
+Each row carries the canonical columns every align trainer understands:
+  prompt   - chat messages, `[{"role": "user", "content": "Compute 47+38."}]`
+  answer   - the verifier target, e.g. "85"
+  solution - a privileged step-by-step reference solution ending in `\\boxed{answer}` (SFT target, SAGE hints)
+"""
+
+from __future__ import annotations
+
+import random
+
+OPERATORS = ("+", "-")
+
+
+def _digits(n: int, width: int) -> list[int]:
+    """Little-endian digits of n, zero-padded to width."""
+    return [(n // 10**i) % 10 for i in range(width)]
+
+
+def addition_steps(a: int, b: int) -> list[str]:
+    """Column addition from the ones digit up, one step per column, carries written out."""
+    width = max(len(str(a)), len(str(b)))
+    steps, carry = [], 0
+    for i, (x, y) in enumerate(zip(_digits(a, width), _digits(b, width))):
+        total = x + y + carry
+        expression = f"{x}+{y}" + (f"+{carry}" if carry else "")
+        carry = total // 10
+        is_last = i == width - 1
+        steps.append(f"{expression}={total}" + (", carry 1" if carry and not is_last else ""))
+    return steps
+
+
+def subtraction_steps(a: int, b: int) -> list[str]:
+    """Column subtraction a - b (a >= b) from the ones digit up, borrows written out."""
+    width = len(str(a))
+    steps, borrow = [], 0
+    for x, y in zip(_digits(a, width), _digits(b, width)):
+        top = x - borrow
+        borrow = 1 if top < y else 0
+        expression = f"{top + 10 * borrow}-{y}"
+        steps.append(f"{expression}={top + 10 * borrow - y}" + (", borrow 1" if borrow else ""))
+    return steps
+
+
+def arithmetic_row(a: int, op: str, b: int) -> dict:
+    if op == "+":
+        result, steps = a + b, addition_steps(a, b)
+    elif op == "-":
+        if a < b:
+            a, b = b, a
+        result, steps = a - b, subtraction_steps(a, b)
+    else:
+        raise ValueError(f"Unsupported operator '{op}'; choose from {OPERATORS}.")
+    question = f"Compute {a}{op}{b}."
+    solution = "; ".join(steps) + f". Answer: \\boxed{{{result}}}"
+    return {"prompt": [{"role": "user", "content": question}], "answer": str(result), "solution": solution}
+
+
+def arithmetic(num_rows: int, *, digits: int = 2, operators: tuple[str, ...] = ("+",), seed: int = 0,
+               exclude: set[str] | None = None) -> list[dict]:
+    """`num_rows` distinct problems with operands of exactly `digits` digits.
+
+    `exclude` holds question strings that must not appear (used to keep the held-out split disjoint from train).
+    Raises ValueError when the problem space is too small for the request.
+    """
+    if digits < 1:
+        raise ValueError(f"digits must be >= 1, got {digits}.")
+    for op in operators:
+        if op not in OPERATORS:
+            raise ValueError(f"Unsupported operator '{op}'; choose from {OPERATORS}.")
+    low, high = (0 if digits == 1 else 10 ** (digits - 1)), 10**digits - 1
+    space = (high - low + 1) ** 2 * len(operators)
+    seen = set(exclude or ())
+    if num_rows > space - len(seen):
+        raise ValueError(f"Only {space - len(seen)} distinct {digits}-digit problems are available; asked for {num_rows}.")
+    rng = random.Random(seed)
+    rows = []
+    while len(rows) < num_rows:
+        row = arithmetic_row(rng.randint(low, high), rng.choice(operators), rng.randint(low, high))
+        question = row["prompt"][0]["content"]
+        if question not in seen:
+            seen.add(question)
+            rows.append(row)
+    return rows
+
+
+def arithmetic_splits(num_train: int, num_eval: int, **kwargs) -> tuple[list[dict], list[dict]]:
+    """Disjoint train and held-out splits drawn from the same distribution."""
+    seed = kwargs.pop("seed", 0)
+    train = arithmetic(num_train, seed=seed, **kwargs)
+    held_out = arithmetic(num_eval, seed=seed + 1, exclude={r["prompt"][0]["content"] for r in train}, **kwargs)
+    return train, held_out
+
+
+TASKS = {"arithmetic": arithmetic_splits}

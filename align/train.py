@@ -1,0 +1,294 @@
+"""The one entry point: compose the config, check it, build everything, train.
+
+    python -m align.train recipe=<name> [key=value ...]              # one process
+    accelerate launch --config_file launch/accelerate/zero3.yaml -m align.train recipe=<name> ...
+    align-train recipe=/path/to/my_recipe.yaml trainer.max_steps=10   # a recipe of your own
+
+A run reads as a sequence of steps, each of which fails early with a message that names the problem:
+config validation -> data -> reward preflight -> tokenizer -> [SFT warm start] -> model -> train -> save + plot.
+Everything a run writes lands in one run directory shared by all ranks: the resolved config, checkpoints, the final
+model (safetensors, loadable with `from_pretrained`), held-out results and a plot.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import logging
+import sys
+import time
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from align.config import AlignConfig, ConfigError, GRPOAlgorithmConfig, SFTAlgorithmConfig, register_configs, validate
+
+log = logging.getLogger("align")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RECIPES_DIR = REPO_ROOT / "recipes"
+
+
+class RecipeError(ValueError):
+    """`recipe=` names no recipe; the message lists the available ones."""
+
+
+def available_recipes() -> list[str]:
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def _user_recipe_root(path: Path, name: str) -> Path:
+    """A search-path root holding `recipe/<name>.yaml` -> the user's file, so Hydra composes it like a built-in."""
+    from align.models import cache_dir
+
+    root = cache_dir() / "user-recipes" / hashlib.sha256(str(path).encode()).hexdigest()[:12]
+    link = root / "recipe" / f"{name}.yaml"
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if not link.is_symlink() or link.resolve() != path:
+        link.unlink(missing_ok=True)
+        link.symlink_to(path)
+    return root
+
+
+def resolve_recipe_args(argv: list[str]) -> list[str]:
+    """Check `recipe=` before Hydra runs; turn a recipe given as a file path into a Hydra search-path entry."""
+    resolved = []
+    for arg in argv:
+        if not arg.startswith("recipe="):
+            resolved.append(arg)
+            continue
+        value = arg.split("=", 1)[1]
+        if value.endswith((".yaml", ".yml")) or "/" in value:
+            path = Path(value).expanduser().resolve()
+            if not path.is_file():
+                raise RecipeError(f"Recipe file '{value}' does not exist.")
+            name = path.stem if path.stem not in available_recipes() else f"{path.stem}-user"
+            resolved += [f"recipe={name}", f"hydra.searchpath=[file://{_user_recipe_root(path, name)}]"]
+            continue
+        known = available_recipes()
+        for name in value.split(","):  # a comma-separated list sweeps over recipes in multirun mode
+            if name not in known:
+                close = difflib.get_close_matches(name, known, n=3)
+                hint = f" Did you mean: {', '.join(close)}?" if close else ""
+                raise RecipeError(f"Unknown recipe '{name}'.{hint} Available recipes: {', '.join(known)}. "
+                                  f"A recipe can also be a path to your own YAML file.")
+        resolved.append(arg)
+    return resolved
+
+
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _recipe_choice() -> str | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    return HydraConfig.get().runtime.choices.get("recipe")
+
+
+def shared_run_dir(config: AlignConfig, state) -> tuple[Path, str]:
+    """Run directory and name, chosen on rank 0 and broadcast so every rank writes to the same place."""
+    from accelerate.utils import broadcast_object_list
+
+    t = config.trainer
+    chosen = [None, None]
+    if state.is_main_process:
+        name = t.run_name or f"{_recipe_choice() or config.algorithm.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        directory = Path(t.output_dir) if t.output_dir else Path(t.output_root) / name
+        chosen = [str(directory.resolve()), name]
+    if state.num_processes > 1:
+        broadcast_object_list(chosen, from_process=0)
+    return Path(chosen[0]), chosen[1]
+
+
+def _required_columns(config: AlignConfig) -> tuple[str, ...]:
+    from align.rewards import BUILTIN_REWARDS
+
+    algo = config.algorithm
+    if isinstance(algo, SFTAlgorithmConfig):
+        return ("prompt", algo.completion_column)
+    columns = ["prompt"]
+    if config.eval.enabled or any(s.name in BUILTIN_REWARDS and s.name != "format_boxed" for s in config.reward.sources):
+        columns.append("answer")
+    if config.warm_start.max_steps:
+        columns.append(config.warm_start.completion_column)
+    return tuple(dict.fromkeys(columns))
+
+
+def _peft_config(config: AlignConfig):
+    lora = config.model.lora
+    if not lora.r:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                      target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+
+
+def _save_final(trainer, tokenizer, directory: Path) -> None:
+    """HF-format export (safetensors + tokenizer + trainer state); a LoRA run exports its merged weights too."""
+    trainer.save_model(str(directory))  # collective under ZeRO-3; writes on the main process
+    if trainer.accelerator.is_main_process:
+        tokenizer.save_pretrained(directory)
+    trainer.save_state()
+
+
+def _warm_start(config: AlignConfig, model_path: str, tokenizer, train_dataset, run_dir: Path, report_to, run_name):
+    """SFT on reference solutions; returns the path of the warm-started model."""
+    from align.models import load_causal_lm
+    from align.trainers.common import training_arguments
+    from align.trainers.sft import build_sft_trainer
+
+    w = config.warm_start
+    stage_dir = run_dir / "warm_start"
+    common = training_arguments(config, stage_dir, report_to=[], run_name=f"{run_name}-warm-start")
+    common.update(max_steps=w.max_steps, learning_rate=w.learning_rate, save_strategy="no",
+                  per_device_train_batch_size=w.per_device_train_batch_size, lr_scheduler_type="cosine",
+                  warmup_steps=min(10, w.max_steps // 10), gradient_accumulation_steps=1)
+    model = load_causal_lm(model_path, dtype=config.model.dtype, revision=config.model.revision,
+                           trust_remote_code=config.model.trust_remote_code)
+    trainer = build_sft_trainer(model, tokenizer, train_dataset, w.completion_column, max_length=1024,
+                                common_args=common)
+    log.info("warm start: SFT for %d steps on '%s'", w.max_steps, w.completion_column)
+    trainer.train()
+    _save_final(trainer, tokenizer, stage_dir / "final")
+    trainer.accelerator.wait_for_everyone()
+    return str(stage_dir / "final")
+
+
+def run(cfg: DictConfig) -> dict:
+    """Train as configured; return a summary (run_dir, held-out accuracy before/after, final model path)."""
+    import torch
+    from accelerate import PartialState
+
+    from align.data import load_splits
+    from align.evaluation import HeldOutAccuracy
+    from align.models import load_causal_lm, load_tokenizer, resolve_model_path
+    from align.plotting import plot_training_curves
+    from align.rewards import build_reward_sources, preflight, resolve_reward
+    from align.tracking import finish_tracking, redact, start_tracking
+    from align.trainers.common import training_arguments
+
+    config: AlignConfig = OmegaConf.to_object(cfg)
+    validate(config)
+    resolve_model_path(config.model.path)  # a missing local path fails here, before anything is loaded
+
+    train_dataset, held_out = load_splits(config.data, required=_required_columns(config))
+    is_grpo = isinstance(config.algorithm, GRPOAlgorithmConfig)
+    rewards, weights = build_reward_sources(config.reward.sources) if is_grpo else ([], [])
+    if rewards:
+        preflight(rewards, train_dataset.select(range(min(2, len(train_dataset)))).to_list())
+    verifier = resolve_reward(config.eval.metric) if config.eval.enabled else None
+    if verifier is not None and held_out is None:
+        log.warning("eval.enabled but the data has no held-out split (data.eval_split / data.eval_size); "
+                    "held-out accuracy is skipped.")
+        verifier = None
+    tokenizer = load_tokenizer(config.model.path, revision=config.model.revision,
+                               trust_remote_code=config.model.trust_remote_code,
+                               chat_template=config.model.chat_template)
+
+    state = PartialState()
+    run_dir, run_name = shared_run_dir(config, state)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    if state.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(redact(resolved))))
+        print(f"[align] run directory: {run_dir}", flush=True)
+    report_to = start_tracking(config.logger, run_dir, run_name, redact(resolved), state.is_main_process)
+
+    model_path = config.model.path
+    if config.warm_start.max_steps:
+        model_path = _warm_start(config, model_path, tokenizer, train_dataset, run_dir, report_to, run_name)
+    model = load_causal_lm(model_path, dtype=config.model.dtype, revision=config.model.revision,
+                           trust_remote_code=config.model.trust_remote_code,
+                           attn_implementation=config.model.attn_implementation)
+
+    common = training_arguments(config, run_dir, report_to, run_name)
+    algo = config.algorithm
+    if is_grpo:
+        from trl import GRPOConfig
+
+        from align.trainers.grpo import AlignGRPOTrainer
+
+        args = GRPOConfig(
+            **common, loss_type=algo.loss_type, importance_sampling_level=algo.importance_sampling_level,
+            num_generations=algo.num_generations, beta=algo.beta, epsilon=algo.epsilon,
+            epsilon_high=algo.epsilon_high, scale_rewards=algo.scale_rewards, temperature=algo.temperature,
+            top_p=algo.top_p, max_completion_length=algo.max_completion_length,
+            steps_per_generation=algo.steps_per_generation, num_iterations=algo.num_iterations,
+            mask_truncated_completions=algo.mask_truncated_completions, use_vllm=algo.use_vllm,
+            vllm_mode=algo.vllm_mode, reward_weights=weights, log_completions=config.logger.log_completions,
+            trust_remote_code=config.model.trust_remote_code, **algo.trl,
+        )
+        trainer = AlignGRPOTrainer(model=model, reward_funcs=rewards, args=args, train_dataset=train_dataset,
+                                   processing_class=tokenizer, peft_config=_peft_config(config))
+    else:
+        from align.trainers.sft import build_sft_trainer
+
+        trainer = build_sft_trainer(model, tokenizer, train_dataset, algo.completion_column, algo.max_length,
+                                    common_args=common, trl_overrides=algo.trl, peft_config=_peft_config(config))
+
+    heldout = None
+    if verifier is not None:
+        rows = held_out.select(range(min(config.eval.max_samples, len(held_out)))).to_list()
+        heldout = HeldOutAccuracy(trainer, tokenizer, rows, verifier, run_dir, config.eval.max_new_tokens,
+                                  config.eval.batch_size, config.eval.every_steps)
+        trainer.add_callback(heldout)
+
+    trainer.train()
+    _save_final(trainer, tokenizer, run_dir / "final")
+
+    summary = {"run_dir": str(run_dir), "final_model": str(run_dir / "final")}
+    if heldout is not None:
+        summary.update(accuracy_before=heldout.history[0][1], accuracy_after=heldout.history[-1][1])
+    if state.is_main_process:
+        plot = plot_training_curves(trainer.state.log_history, heldout.history if heldout else [],
+                                    run_dir / "curves.png", title=run_name)
+        summary["plot"] = str(plot)
+        if heldout is not None:
+            print(f"[align] held-out accuracy (greedy, no hint): {summary['accuracy_before']:.3f} -> "
+                  f"{summary['accuracy_after']:.3f}", flush=True)
+        print(f"[align] final model: {summary['final_model']}\n[align] plot: {plot}", flush=True)
+    finish_tracking(config.logger, state.is_main_process)
+    state.wait_for_everyone()
+    del model, trainer
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return summary
+
+
+register_configs()
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Errors caused by the user's config or data: reported as one readable line, exit code 2."""
+    from align.data import DataError
+    from align.models import ModelLoadError
+    from align.rewards import RewardConfigError, RewardError
+
+    return ConfigError, RecipeError, DataError, ModelLoadError, RewardConfigError, RewardError
+
+
+@hydra.main(config_path="../configs", config_name="config", version_base="1.3")
+def _hydra_main(cfg: DictConfig) -> None:
+    try:
+        run(cfg)
+    except _user_errors() as err:
+        print(f"align: error: {err}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+def main() -> None:
+    """Console entry point (`align-train`, `python -m align.train`)."""
+    try:
+        sys.argv = [sys.argv[0], *resolve_recipe_args(sys.argv[1:])]
+        _hydra_main()
+    except RecipeError as err:
+        print(f"align: error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""GRPO: TRL's GRPOTrainer with align's per-step diagnostics.
+
+The loss is TRL's, unchanged: `loss_type` grpo | dapo | dr_grpo | bnpo, and GSPO through
+`importance_sampling_level="sequence"`. This subclass only observes. At every optimizer step it adds
+
+  groups/zero_variance_frac  fraction of groups whose rewards are all equal (their advantages are all zero)
+  groups/solved_frac         fraction of groups with at least one completion scoring > 0
+  groups/within_group_std    mean within-group reward std
+  timing/{generation,reward,ref_logprobs,other,update,step}_s
+                             wall time per phase; `ref_logprobs` is every no-grad log-prob forward (the reference
+                             model, and the old policy when steps_per_generation > 1); `other` is the rest of the
+                             rollout (tokenization, padding, advantages); `update` is forward/backward/optimizer
+  perf/tokens_per_s          prompt + completion tokens processed per second of step time (all processes)
+
+next to TRL's own `reward`, `reward_std`, `rewards/<source>/mean`, `kl`, `entropy`, `clip_ratio/*`.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import TrainerCallback
+from trl import GRPOTrainer
+
+from align.rollout import group_stats
+from align.timing import PhaseTimer
+
+
+class _StepBoundaries(TrainerCallback):
+    """Tells the trainer where optimizer steps begin and end (after the optimizer update, before logging)."""
+
+    def __init__(self, trainer: AlignGRPOTrainer):
+        self.trainer = trainer
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.trainer._phases.start_step()
+        self.trainer._tokens_seen_at_step_start = state.num_input_tokens_seen
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.trainer._record_step_timing()
+
+
+class AlignGRPOTrainer(GRPOTrainer):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._phases = PhaseTimer()
+        self._tokens_seen_at_step_start = 0
+        self.add_callback(_StepBoundaries(self))
+
+    @property
+    def _mode(self) -> str:
+        return "train" if self.model.training else "eval"
+
+    # --- observed phases -------------------------------------------------------------------------------------------
+
+    def _generate_and_score_completions(self, inputs):
+        with self._phases("rollout"):
+            return super()._generate_and_score_completions(inputs)
+
+    def _generate(self, prompts):
+        with self._phases("generation"):
+            return super()._generate(prompts)
+
+    def _get_per_token_logps_and_entropies(self, model, *args, **kwargs):
+        if torch.is_grad_enabled():  # the policy forward of the update itself
+            return super()._get_per_token_logps_and_entropies(model, *args, **kwargs)
+        with self._phases("ref_logprobs"):
+            return super()._get_per_token_logps_and_entropies(model, *args, **kwargs)
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        with self._phases("reward"):
+            rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        # Same aggregation as TRL: weighted nansum over sources, NaN where every source returned None.
+        weights = self.reward_weights.to(rewards_per_func.device)
+        rewards = (rewards_per_func * weights).nansum(dim=1)
+        rewards[torch.isnan(rewards_per_func).all(dim=1)] = torch.nan
+        group_size = self.num_generations if self._mode == "train" else self.num_generations_eval
+        for name, value in group_stats(rewards, group_size).metrics().items():
+            self._metrics[self._mode][f"groups/{name}"].append(value)
+        return rewards_per_func
+
+    def _record_step_timing(self) -> None:
+        seconds = self._phases.finish_step()
+        rollout = seconds.pop("rollout", 0.0)
+        inner = sum(seconds.get(k, 0.0) for k in ("generation", "reward", "ref_logprobs"))
+        seconds["other"] = max(rollout - inner, 0.0)
+        seconds["update"] = max(seconds["step"] - rollout, 0.0)
+        metrics = self._metrics["train"]
+        for phase in ("generation", "reward", "ref_logprobs", "other", "update", "step"):
+            metrics[f"timing/{phase}_s"].append(seconds.get(phase, 0.0))
+        tokens = self.state.num_input_tokens_seen - self._tokens_seen_at_step_start
+        metrics["perf/tokens_per_s"].append(tokens / seconds["step"] if seconds["step"] > 0 else 0.0)

@@ -1,0 +1,85 @@
+"""The embedded arithmetic task: deterministic, disjoint splits, correct answers and reference solutions."""
+
+import re
+
+import pytest
+
+from align.config import DataConfig, SyntheticConfig
+from align.data import TASKS, DataError, load_splits
+from align.data.synthetic import arithmetic, arithmetic_splits
+
+QUESTION = re.compile(r"^Compute (\d+)([+-])(\d+)\.$")
+
+
+def question(row: dict) -> str:
+    return row["prompt"][0]["content"]
+
+
+def test_same_seed_same_rows_and_other_seed_other_rows():
+    assert arithmetic_splits(50, 10, seed=3) == arithmetic_splits(50, 10, seed=3)
+    assert arithmetic(50, seed=3) != arithmetic(50, seed=4)
+
+
+def test_train_and_held_out_are_disjoint():
+    # 1-digit "+" has 100 problems, so 90 + 10 forces the held-out split to take exactly the leftovers.
+    train, held_out = arithmetic_splits(90, 10, digits=1)
+    train_q, held_q = {question(r) for r in train}, {question(r) for r in held_out}
+    assert len(train_q) == 90 and len(held_q) == 10
+    assert not train_q & held_q
+
+
+@pytest.mark.parametrize("op", ["+", "-"])
+def test_answer_is_true_result_and_solution_ends_in_boxed_answer(op):
+    for row in arithmetic(200, digits=3, operators=(op,), seed=1):
+        match = QUESTION.match(question(row))
+        assert match, question(row)
+        a, found_op, b = int(match[1]), match[2], int(match[3])
+        assert found_op == op
+        assert row["answer"] == str(a + b if op == "+" else a - b)
+        assert row["solution"].endswith(f"\\boxed{{{row['answer']}}}")
+        assert row["prompt"] == [{"role": "user", "content": question(row)}]
+
+
+def test_both_operators_are_drawn():
+    ops = {QUESTION.match(question(r))[2] for r in arithmetic(100, operators=("+", "-"))}
+    assert ops == {"+", "-"}
+
+
+@pytest.mark.parametrize("digits", [1, 2, 4])
+def test_operands_have_the_requested_digits(digits):
+    for row in arithmetic(50, digits=digits, operators=("+", "-")):
+        a, _, b = QUESTION.match(question(row)).groups()
+        assert len(a) == digits and len(b) == digits
+
+
+def test_more_rows_than_problems_is_an_error():
+    with pytest.raises(ValueError, match="Only 100 distinct 1-digit problems"):
+        arithmetic(101, digits=1)
+    with pytest.raises(ValueError, match="Only 10 distinct"):  # the held-out split gets only what train left
+        arithmetic_splits(90, 11, digits=1)
+
+
+def test_unknown_operator_is_an_error():
+    with pytest.raises(ValueError, match=r"Unsupported operator '\*'"):
+        arithmetic(5, operators=("*",))
+
+
+def test_load_splits_synthetic_uses_the_config():
+    cfg = DataConfig(synthetic=SyntheticConfig(num_train=30, num_eval=7, digits=3, operators=["-"], seed=5))
+    train, held_out = load_splits(cfg, required=("prompt", "answer", "solution"))
+    expected_train, expected_held_out = TASKS["arithmetic"](30, 7, digits=3, operators=("-",), seed=5)
+    assert train.to_list() == expected_train
+    assert held_out.to_list() == expected_held_out
+
+
+def test_load_splits_synthetic_without_held_out():
+    # eval_size does not apply: the synthetic task sizes its own held-out split with num_eval.
+    train, held_out = load_splits(DataConfig(eval_size=2, synthetic=SyntheticConfig(num_train=5, num_eval=0)))
+    assert len(train) == 5 and held_out is None
+
+
+def test_load_splits_synthetic_errors_name_the_key():
+    with pytest.raises(DataError, match="data.synthetic.task 'algebra' is unknown; choose one of: arithmetic"):
+        load_splits(DataConfig(synthetic=SyntheticConfig(task="algebra")))
+    with pytest.raises(DataError, match=r"Only 100 distinct .*data.synthetic.num_train"):
+        load_splits(DataConfig(synthetic=SyntheticConfig(num_train=101, digits=1)))
