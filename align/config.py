@@ -57,13 +57,22 @@ class SyntheticConfig:
 
 
 @dataclass
+class ColumnsConfig:
+    """Which source column holds each canonical column (unset = the source already uses the canonical name)."""
+
+    prompt: Optional[str] = None
+    answer: Optional[str] = None
+    solution: Optional[str] = None
+
+
+@dataclass
 class DataConfig:
     source: str = "synthetic"  # "synthetic", a local .jsonl/.json/.parquet/.csv file or saved dataset dir, or a hub name
     subset: Optional[str] = None  # hub dataset config name
     split: str = "train"
     eval_split: Optional[str] = None  # held-out split of the same source
     eval_size: int = 0  # when there is no eval split: rows carved off the end of the training split
-    columns: Dict[str, str] = field(default_factory=dict)  # canonical name -> column in the source
+    columns: ColumnsConfig = field(default_factory=ColumnsConfig)
     system_prompt: Optional[str] = None  # prepended to string prompts
     max_train_rows: Optional[int] = None
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)

@@ -13,6 +13,8 @@ source, split, column and row, and the config key that fixes it.
 
 from __future__ import annotations
 
+import dataclasses
+
 from pathlib import Path
 from typing import Any
 
@@ -175,9 +177,11 @@ def _load_hub(cfg: DataConfig) -> tuple[datasets.Dataset, datasets.Dataset | Non
 # Columns, splits and validation
 
 
-def _map_columns(ds: datasets.Dataset, columns: dict[str, str], where: str) -> datasets.Dataset:
+def _map_columns(ds: datasets.Dataset, columns, where: str) -> datasets.Dataset:
     """Rename source columns to canonical names (see `load_splits` for the conflict rules)."""
-    columns = {canon: src for canon, src in dict(columns or {}).items() if canon != src}
+    if dataclasses.is_dataclass(columns):
+        columns = dataclasses.asdict(columns)
+    columns = {canon: src for canon, src in dict(columns or {}).items() if src and canon != src}
     if not columns:
         return ds
     available = ds.column_names

@@ -4,10 +4,10 @@ A reward source is any callable with TRL's reward-function signature
 
     fn(prompts, completions, completion_ids=None, **columns) -> list[float | None]
 
-(see `align.rewards.verifiers` for the full contract). Config names either a built-in verifier or a user function by
-import path; `build_reward_sources` turns the `reward.sources` list into guarded callables and weights for
-GRPOTrainer's `reward_funcs` and `reward_weights`. The guard turns a crash or a bad value deep inside a training step
-into an error that names the source and the sample.
+(see `align.rewards.verifiers` for the full contract). Config names a built-in verifier or a user function
+by import path; `build_reward_sources` turns the `reward.sources` list into guarded callables and weights for
+GRPOTrainer's `reward_funcs` and `reward_weights`. The guard turns a crash or a bad value deep inside a
+training step into an error that names the source and the sample.
 """
 
 from __future__ import annotations
@@ -63,8 +63,8 @@ def _import_target(name: str):
 
 
 def _check_kwargs(fn, kwargs: dict, name: str, strict: bool) -> None:
-    """Reject config kwargs the function cannot take. Built-ins (strict) must name each one as a parameter: their
-    **kwargs only soak up TRL's extra columns, so a typo there would be ignored without a word."""
+    """Reject config kwargs the function cannot take. Built-ins (strict) must name each one as a parameter:
+    their **kwargs only soak up TRL's extra columns, so a typo there would be ignored without a word."""
     try:
         parameters = inspect.signature(fn).parameters
     except (TypeError, ValueError):  # builtins without a signature: nothing to check against
@@ -74,17 +74,17 @@ def _check_kwargs(fn, kwargs: dict, name: str, strict: bool) -> None:
     options = [p for p in named if p not in _CALL_ARGUMENTS]
     for key in kwargs:
         if key in _CALL_ARGUMENTS or (key not in named and not takes_any):
-            raise RewardConfigError(
-                f"Reward source '{name}' has no option '{key}'; its options are: {', '.join(options) or 'none'}."
-            )
+            listed = ", ".join(options) or "none"
+            raise RewardConfigError(f"Reward source '{name}' has no option '{key}'; its options: {listed}.")
 
 
 def resolve_reward(name: str, kwargs: dict | None = None):
     """The reward function `name` refers to, with `kwargs` bound by functools.partial.
 
-    `name` is a built-in (`BUILTIN_REWARDS`) or an import path `package.module:function` / `package.module.function`.
-    Raises RewardConfigError for an unknown built-in (listing them, with a close match if any), a module that fails
-    to import, a missing attribute, something that is not a function, or kwargs the function does not take.
+    `name` is a built-in (`BUILTIN_REWARDS`) or an import path `package.module:function` or
+    `package.module.function`. Raises RewardConfigError for an unknown built-in (listing them, with a close
+    match if any), a module that fails to import, a missing attribute, something that is not a function, or
+    kwargs the function does not take.
     """
     kwargs = _plain(kwargs or {})
     if name in BUILTIN_REWARDS:
@@ -133,8 +133,8 @@ def _describe(index: int, prompts, completions) -> str:
 
 
 def _sample(index: int, n: int, prompts, completions, completion_ids, columns) -> dict:
-    """The call arguments restricted to sample `index`: every list aligned with the completions is sliced, anything
-    else (trainer_state, log_metric, ...) passes through."""
+    """The call arguments restricted to sample `index`: every list aligned with the completions is sliced,
+    anything else (trainer_state, log_metric, ...) passes through."""
 
     def cut(value):
         return value[index : index + 1] if isinstance(value, (list, tuple)) and len(value) == n else value
@@ -148,8 +148,8 @@ def _sample(index: int, n: int, prompts, completions, completion_ids, columns) -
 
 
 def _failure(fn, name: str, error: Exception, prompts, completions, completion_ids, columns) -> RewardError:
-    """A RewardError naming the first sample that raises the same type of error on its own, or the whole batch if
-    none does."""
+    """A RewardError naming the first sample that raises the same type of error on its own, or the whole batch
+    if none does."""
     n, where = len(completions), None
     for index in range(n):
         try:
@@ -162,15 +162,16 @@ def _failure(fn, name: str, error: Exception, prompts, completions, completion_i
     hint = ""
     if isinstance(error, TypeError) and "unexpected keyword argument" in str(error):
         hint = (
-            ". Reward functions are called with keyword arguments prompts, completions, completion_ids, every "
-            "dataset column and TRL's trainer_state, log_extra, log_metric: end the signature with **kwargs"
+            ". Reward functions are called with keyword arguments prompts, completions, completion_ids, "
+            "every dataset column and TRL's trainer_state, log_extra, log_metric: end the signature with "
+            "**kwargs"
         )
     return RewardError(f"reward function '{name}' raised {error!r} on {where}{hint}")
 
 
 def _as_float(value):
-    """A reward value as float or None. bool, int, numpy and torch scalars are converted; anything else (a string,
-    a list) is returned unchanged for the caller to report."""
+    """A reward value as float or None. bool, int, numpy and torch scalars are converted; anything else (a
+    string, a list) is returned unchanged for the caller to report."""
     if value is None or isinstance(value, numbers.Real):
         return None if value is None else float(value)
     try:
@@ -182,14 +183,10 @@ def _as_float(value):
 
 def _check_output(values, name: str, prompts, completions) -> list[float | None]:
     """`values` as a list of float | None, one per completion, all finite; RewardError otherwise."""
-    if (
-        isinstance(values, (str, bytes, dict))
-        or not hasattr(values, "__len__")
-        or not hasattr(values, "__iter__")
-    ):
+    if isinstance(values, (str, bytes, dict)) or not hasattr(values, "__len__"):
         raise RewardError(
-            f"reward function '{name}' returned a {type(values).__name__}; it must return a list with one value "
-            f"per completion ({len(completions)} here)."
+            f"reward function '{name}' returned a {type(values).__name__}; it must return a list with one "
+            f"value per completion ({len(completions)} here)."
         )
     if len(values) != len(completions):
         raise RewardError(
@@ -214,17 +211,16 @@ def _check_output(values, name: str, prompts, completions) -> list[float | None]
 
 
 def guard(fn, name: str):
-    """`fn` wrapped so that failures name the source and the sample; the wrapper's `__name__` is `name` (TRL logs
-    rewards under it).
+    """`fn` wrapped so that failures name the source and the sample; the wrapper's `__name__` is `name` (TRL
+    logs each reward under it).
 
-    The wrapper takes and passes on the same arguments as `fn`. If `fn` raises, it is replayed on one-sample slices
-    to find the first failing sample, and RewardError (chained from the original error) names it. The output must hold
-    one value per completion, each None or a finite real number; it is returned as a list of float | None.
+    The wrapper takes and passes on the same arguments as `fn`. If `fn` raises, it is replayed on one-sample
+    slices to find the first failing sample, and RewardError (chained from the original error) names it. The
+    output must hold one value per completion, each None or a finite real number; it is returned as a list of
+    float | None.
     """
     if inspect.iscoroutinefunction(getattr(fn, "func", fn)):
-        raise RewardConfigError(
-            f"Reward source '{name}' is an async function; align supports synchronous ones."
-        )
+        raise RewardConfigError(f"Reward source '{name}' is async; align calls them synchronously.")
 
     @functools.wraps(fn)
     def guarded(prompts, completions, completion_ids=None, **columns):
@@ -240,8 +236,8 @@ def guard(fn, name: str):
 
 def weighted_sum(sources: list, weights: list[float]):
     """A reward source whose value is sum(w_i * r_i) over the sources with a value (not None, not NaN) for the
-    sample, and None when no source has one. This is GRPOTrainer's aggregation: rewards_per_func times the weights,
-    nansum over sources, rows where every source is NaN marked unscorable."""
+    sample, and None when no source has one. This is GRPOTrainer's aggregation: rewards_per_func times the
+    weights, nansum over sources, and rows where every source is NaN marked unscorable."""
     if len(sources) != len(weights):
         raise RewardConfigError(f"weighted_sum got {len(sources)} sources but {len(weights)} weights.")
     if not sources:
@@ -264,19 +260,19 @@ def weighted_sum(sources: list, weights: list[float]):
 
 
 def build_reward_sources(configs) -> tuple[list, list[float]]:
-    """Guarded reward callables and their weights from `reward.sources` (items with `.name`, `.weight`, `.kwargs`).
+    """Guarded reward callables and their weights from `reward.sources` (items with `.name`, `.weight` and
+    `.kwargs`).
 
-    Each callable is named after its config name for a built-in, or the function's own name for an import path;
-    repeated names get `_2`, `_3`, ... so TRL logs each source under its own metric. Raises RewardConfigError.
+    Each callable is named after its config name for a built-in, or the function's own name for an import
+    path; repeated names get `_2`, `_3`, ... so TRL logs each source under its own metric. Raises
+    RewardConfigError.
     """
     sources, weights, taken = [], [], set()
     for config in configs:
         fn = resolve_reward(config.name, config.kwargs)
         weight = float(config.weight)
         if not math.isfinite(weight):
-            raise RewardConfigError(
-                f"Reward source '{config.name}' has weight {weight}; weights must be finite."
-            )
+            raise RewardConfigError(f"Reward source '{config.name}' has weight {weight}; it must be finite.")
         base = config.name if config.name in BUILTIN_REWARDS else getattr(fn, "__name__", type(fn).__name__)
         name, k = base, 1
         while name in taken:
@@ -293,12 +289,12 @@ def _ignore(*args, **kwargs) -> None:
 
 
 def preflight(sources, rows, num_rows: int = 2) -> None:
-    """Call each source on the first `num_rows` training rows, before any model is loaded, so a broken source or a
-    missing column fails in seconds rather than after the first generation.
+    """Call each source on the first `num_rows` training rows, before any model is loaded, so a broken source
+    or a missing column fails in seconds rather than after the first generation.
 
-    The completion is the row's reference `solution` (else its `answer`, else ""), conversational when the prompt
-    is; the other columns and TRL's extra kwargs (trainer_state, log_extra, log_metric) are passed as TRL passes them.
-    RewardError from a guarded source propagates as is.
+    The completion is the row's reference `solution` (else its `answer`, else ""), conversational when the
+    prompt is; the other columns and TRL's extra kwargs (trainer_state, log_extra, log_metric) are passed as
+    TRL passes them. RewardError from a guarded source propagates as is.
     """
     rows = [rows[i] for i in range(min(num_rows, len(rows)))]
     if not rows:

@@ -4,13 +4,14 @@ Every reward source has the signature
 
     fn(prompts, completions, completion_ids=None, **columns) -> list[float | None]
 
-`completions` items are plain strings or conversational message lists (`[{"role": "assistant", "content": ...}]`).
-`columns` carries the dataset's other columns as lists aligned with `completions` (here: `answer`), plus extras TRL
-adds (`trainer_state`, `log_extra`, `log_metric`, ...) which a source must accept and may ignore. A value of None means
-"not applicable to this sample"; TRL reads it as NaN and leaves it out of the weighted nansum.
+`completions` items are plain strings or conversational message lists
+(`[{"role": "assistant", "content": ...}]`). `columns` carries the dataset's other columns as lists aligned
+with `completions` (here: `answer`), plus extras TRL adds (`trainer_state`, `log_extra`, `log_metric`, ...)
+which a source must accept and may ignore. A value of None means "not applicable to this sample"; TRL reads it
+as NaN and leaves it out of the weighted nansum.
 
-The answer-checking verifiers read the gold target from the `answer` column and return None for a row whose answer is
-None or "". Only the last `\\boxed{...}` of a completion counts as its final answer.
+The answer-checking verifiers read the gold target from the `answer` column and return None for a row whose
+answer is None or "". Only the last `\\boxed{...}` of a completion counts as its final answer.
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ import threading
 from math_verify import parse, verify
 
 _BOXED = re.compile(r"\\boxed\s*\{")
-# Integers and decimals, optionally negative and with thousands separators ("-1,234.5"). A minus directly after a
+# Integers and decimals, optionally negative, with thousands separators ("-1,234.5"). A minus directly after a
 # word character or closing bracket is a subtraction ("47-38"), not a sign.
 _NUMBER = re.compile(r"(?:(?<![\w)\]])-)?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)")
-# What format_boxed tolerates after the box: whitespace, sentence punctuation, closing math delimiters ($, \], \)).
+# What format_boxed tolerates after the box: whitespace, punctuation, closing math delimiters ($, \], \)).
 _TRAILER = re.compile(r"(?:\s|[.,;:!?]|\$|\\\]|\\\))*")
 
 
@@ -41,7 +42,7 @@ def completion_text(completion) -> str:
 
 
 def _boxes(text: str) -> tuple[list[tuple[int, int]], bool]:
-    """(start, end) spans of the top-level `\\boxed{...}` contents, left to right, and whether all were closed.
+    """(start, end) spans of the top-level `\\boxed{...}` contents, left to right, and whether all are closed.
 
     Escaped braces (`\\{`, `\\}`) do not count towards nesting. Scanning stops at the first unclosed box.
     """
@@ -62,8 +63,9 @@ def _boxes(text: str) -> tuple[list[tuple[int, int]], bool]:
 
 
 def extract_boxed(text: str) -> str | None:
-    """Content of the last top-level `\\boxed{...}` in `text`, nested braces kept (`\\boxed{\\frac{1}{2}}` gives
-    `\\frac{1}{2}`); None when there is none or when a box is left unclosed (a truncated final answer is no answer)."""
+    """Content of the last top-level `\\boxed{...}` in `text`, nested braces kept (`\\boxed{\\frac{1}{2}}`
+    gives `\\frac{1}{2}`); None when there is none or when a box is left unclosed (a truncated final answer is
+    no answer)."""
     spans, closed = _boxes(text)
     if not spans or not closed:
         return None
@@ -91,7 +93,7 @@ def _normalize_space(text: str) -> str:
 
 
 def exact_match(prompts, completions, completion_ids=None, *, answer=None, **kwargs) -> list[float | None]:
-    """1.0 when the candidate equals the answer up to whitespace (stripped, internal runs collapsed), else 0.0.
+    """1.0 when the candidate equals the answer up to whitespace (stripped, inner runs collapsed), else 0.0.
 
     The candidate is the last boxed content if the completion has one, else the whole completion.
     """
@@ -141,16 +143,18 @@ def numeric_match(
 
 
 def _timeout() -> int | None:
-    """math-verify's timeout is signal.alarm, which only works in the main thread (elsewhere it raises ValueError).
-    Off the main thread we run without a timeout; our inputs are single boxed expressions, which parse in ~0.1 ms."""
+    """math-verify's timeout is signal.alarm, which only works in the main thread (elsewhere math-verify
+    raises ValueError). Off the main thread we run without one: our inputs are single boxed expressions, which
+    parse in about 0.1 ms."""
     return 5 if threading.current_thread() is threading.main_thread() else None
 
 
 @functools.lru_cache(maxsize=16384)
 def _parse_gold(answer: str) -> tuple:
-    """math-verify parse of a gold answer, cached: every answer is checked against num_generations completions.
+    """math-verify parse of a gold answer, cached: each answer is checked against num_generations completions.
 
-    A bare answer ("85", "x+1") is wrapped as `$...$`, which math-verify reads as LaTeX; plain parsing is the fallback.
+    A bare answer ("85", "x+1") is wrapped as `$...$`, which math-verify reads as LaTeX (unwrapped, "x+1" does
+    not parse); plain parsing is the fallback.
     """
     if "\\boxed" in answer or "$" in answer:
         return tuple(parse(answer, parsing_timeout=_timeout()))
@@ -160,8 +164,9 @@ def _parse_gold(answer: str) -> tuple:
 
 
 def boxed_match(prompts, completions, completion_ids=None, *, answer=None, **kwargs) -> list[float | None]:
-    """1.0 when the last `\\boxed{}` of the completion is mathematically equal to the answer (math-verify: `0.5` equals
-    `\\frac{1}{2}`, `85.0` equals `85`), else 0.0. A completion without a closed `\\boxed{}` scores 0.0."""
+    """1.0 when the last `\\boxed{}` of the completion is mathematically equal to the answer (math-verify:
+    `0.5` equals `\\frac{1}{2}`, `85.0` equals `85`), else 0.0. A completion without a closed `\\boxed{}`
+    scores 0.0."""
     rewards = []
     for completion, target in zip(completions, _answers(answer, "boxed_match"), strict=True):
         target = _gold(target)
@@ -173,14 +178,14 @@ def boxed_match(prompts, completions, completion_ids=None, *, answer=None, **kwa
         if boxed is None or not gold:
             rewards.append(0.0)
             continue
-        # Only the last box is parsed: math-verify would otherwise read every box in the text as a set of answers.
+        # Parse the last box alone: math-verify would read all boxes in the text as one set of answers.
         prediction = parse(f"\\boxed{{{boxed}}}", parsing_timeout=_timeout())
         rewards.append(float(verify(list(gold), prediction, timeout_seconds=_timeout())))
     return rewards
 
 
 def format_boxed(prompts, completions, completion_ids=None, **kwargs) -> list[float]:
-    """1.0 when the completion has exactly one `\\boxed{...}`, closed, followed by nothing but whitespace, sentence
+    """1.0 when the completion has exactly one `\\boxed{...}`, closed, followed by nothing but whitespace,
     punctuation or closing math delimiters (`$`, `\\]`, `\\)`); else 0.0. Needs no answer, so never None."""
     rewards = []
     for completion in completions:

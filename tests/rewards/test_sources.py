@@ -1,7 +1,6 @@
 """Resolving, guarding, combining and preflighting reward sources."""
 
 import math
-from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
@@ -39,7 +38,7 @@ def constant(values):
     return source
 
 
-# --- resolve_reward ------------------------------------------------------------------------------------------------
+# --- resolve_reward
 
 
 def test_resolve_builtin():
@@ -105,7 +104,7 @@ def test_import_failures():
         resolve_reward("tests.rewards.user_rewards:Scorer")  # the class, not an instance
 
 
-# --- guard ---------------------------------------------------------------------------------------------------------
+# --- guard
 
 
 def test_guard_names_and_passes_through():
@@ -187,7 +186,7 @@ def test_guard_rejects_async():
         guard(fn, "fn")
 
 
-# --- weighted_sum --------------------------------------------------------------------------------------------------
+# --- weighted_sum
 
 # Rewards of three sources on five samples (None = not applicable), their weights, and the hand-computed sums.
 TABLE = [
@@ -222,7 +221,7 @@ def test_weighted_sum_needs_matching_weights():
         weighted_sum([constant([1.0]), constant([1.0])], [1.0])
 
 
-# --- build_reward_sources ------------------------------------------------------------------------------------------
+# --- build_reward_sources
 
 
 def test_build_reward_sources_names_and_weights():
@@ -262,30 +261,19 @@ def test_build_reward_sources_rejects_bad_weight():
         build_reward_sources([RewardSourceConfig(name="exact_match", weight=float("nan"))])
 
 
-# --- preflight -----------------------------------------------------------------------------------------------------
+# --- preflight
 
 
-@dataclass
-class Rows:
-    rows: list = field(
-        default_factory=lambda: [
-            {
-                "prompt": [{"role": "user", "content": "Compute 47+38."}],
-                "answer": "85",
-                "solution": "7+8=15, carry 1; 4+3+1=8. Answer: \\boxed{85}",
-            },
-            {
-                "prompt": [{"role": "user", "content": "Compute 10+5."}],
-                "answer": "15",
-                "solution": "\\boxed{15}",
-            },
-            {
-                "prompt": [{"role": "user", "content": "Compute 1+1."}],
-                "answer": "boom",
-                "solution": "\\boxed{2}",
-            },
-        ]
-    )
+# Training rows as the data layer produces them; the third one makes `needs_answer` raise.
+ROWS = [
+    {
+        "prompt": [{"role": "user", "content": "Compute 47+38."}],
+        "answer": "85",
+        "solution": "7+8=15, carry 1; 4+3+1=8. Answer: \\boxed{85}",
+    },
+    {"prompt": [{"role": "user", "content": "Compute 10+5."}], "answer": "15", "solution": "\\boxed{15}"},
+    {"prompt": [{"role": "user", "content": "Compute 1+1."}], "answer": "boom", "solution": "\\boxed{2}"},
+]
 
 
 def test_preflight_passes_good_sources_with_trl_arguments():
@@ -298,8 +286,8 @@ def test_preflight_passes_good_sources_with_trl_arguments():
     sources, _ = build_reward_sources(
         [RewardSourceConfig(name=n) for n in ("boxed_match", "format_boxed", "exact_match", "numeric_match")]
     )
-    preflight(sources + [guard(spy, "spy")], Rows().rows)
-    assert seen["completions"][0] == [{"role": "assistant", "content": Rows().rows[0]["solution"]}]
+    preflight(sources + [guard(spy, "spy")], ROWS)
+    assert seen["completions"][0] == [{"role": "assistant", "content": ROWS[0]["solution"]}]
     assert len(seen["prompts"]) == 2 and seen["answer"] == ["85", "15"]
     assert {"trainer_state", "log_extra", "log_metric", "solution"} <= set(seen)
     assert "prompt" not in seen
@@ -307,15 +295,15 @@ def test_preflight_passes_good_sources_with_trl_arguments():
 
 def test_preflight_raises_on_bad_source():
     bad = guard(user_rewards.needs_answer, "needs_answer")
-    preflight([bad], Rows().rows)  # the first two rows are fine
+    preflight([bad], ROWS)  # the first two rows are fine
     with pytest.raises(RewardError, match="'needs_answer' raised ValueError.*sample 2"):
-        preflight([bad], Rows().rows, num_rows=3)
+        preflight([bad], ROWS, num_rows=3)
 
 
 def test_preflight_catches_missing_kwargs_and_missing_columns():
     hint = r"'no_kwargs' raised TypeError.*unexpected keyword.*end the signature with \*\*kwargs"
     with pytest.raises(RewardError, match=hint):
-        preflight([guard(user_rewards.no_kwargs, "no_kwargs")], Rows().rows)
+        preflight([guard(user_rewards.no_kwargs, "no_kwargs")], ROWS)
     rows = [{"prompt": "Compute 1+1.", "question_id": 7}]
     with pytest.raises(RewardError, match="'answer' column"):
         preflight(build_reward_sources([RewardSourceConfig(name="boxed_match")])[0], rows)

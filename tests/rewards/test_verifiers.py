@@ -34,7 +34,7 @@ def chat(text):
     return [{"role": "assistant", "content": text}]
 
 
-# --- completion_text / extract_boxed -----------------------------------------------------------------------------
+# --- completion_text / extract_boxed
 
 
 def test_completion_text_string_and_conversational():
@@ -51,6 +51,7 @@ def test_completion_text_string_and_conversational():
         (r"\boxed{ {a}{b{c}} }", " {a}{b{c}} "),
         (r"first \boxed{3} then \boxed{85}", "85"),  # last box wins
         (r"\boxed{\{1,2\}}", r"\{1,2\}"),  # escaped braces do not nest
+        (r"\boxed{\left\{ x \right.}", r"\left\{ x \right."),  # an escaped brace needs no partner
         (r"\boxed {7}", "7"),
         ("no box here 85", None),
         (r"\boxed{\frac{1}{2}", None),  # unclosed
@@ -62,7 +63,7 @@ def test_extract_boxed(text, expected):
     assert extract_boxed(text) == expected
 
 
-# --- exact_match ---------------------------------------------------------------------------------------------------
+# --- exact_match
 
 
 def test_exact_match_cases():
@@ -88,7 +89,7 @@ def test_answer_column_required():
         exact_match(prompts=["q"], completions=["1"])
 
 
-# --- numeric_match -------------------------------------------------------------------------------------------------
+# --- numeric_match
 
 
 def test_numeric_match_cases():
@@ -96,6 +97,7 @@ def test_numeric_match_cases():
         "47+38 = 85",  # last number
         "so it is -12",  # negative
         "47-38=9",  # a subtraction, not a negative
+        "I computed 120-35",  # the last number is 35: a minus after a digit is not a sign
         "the total is 1,234,567 dollars",  # thousands commas
         "about 3.14159",
         r"\boxed{85.0} but later 7",  # the box beats the last number
@@ -106,33 +108,19 @@ def test_numeric_match_cases():
         chat("= 85"),
         "x = .5",
     ]
-    answers = ["85", "-12", "9", "1234567", "3.14159", "85", "85", "85", "85", "0.5", "85", "0.5"]
-    assert score(numeric_match, completions, answers) == [
-        1.0,
-        1.0,
-        1.0,
-        1.0,
-        1.0,
-        1.0,
-        1.0,
-        0.0,
-        0.0,
-        0.0,
-        1.0,
-        1.0,
-    ]
+    answers = ["85", "-12", "9", "35", "1234567", "3.14159", "85", "85", "85", "85", "0.5", "85", "0.5"]
+    expected = [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 1.0]
+    assert score(numeric_match, completions, answers) == expected
 
 
 def test_numeric_match_tolerance_and_bad_gold():
     assert score(numeric_match, ["85.01", "85.01"], ["85", "85"], rel_tol=1e-3) == [1.0, 1.0]
-    assert score(numeric_match, ["0.001", "0.0000005"], ["0", "0"]) == [
-        0.0,
-        1.0,
-    ]  # absolute floor of rel_tol * 1
+    # The tolerance never drops below rel_tol * 1, so a gold answer of 0 still has one.
+    assert score(numeric_match, ["0.001", "0.0000005"], ["0", "0"]) == [0.0, 1.0]
     assert score(numeric_match, ["85", "85"], ["eighty-five", None]) == [0.0, None]
 
 
-# --- boxed_match ---------------------------------------------------------------------------------------------------
+# --- boxed_match
 
 
 def test_boxed_match_equivalences():
@@ -182,7 +170,7 @@ def test_boxed_match_is_fast():
     assert rewards == [float(i == 5) for i in range(64)]
 
 
-# --- format_boxed --------------------------------------------------------------------------------------------------
+# --- format_boxed
 
 
 @pytest.mark.parametrize(
@@ -205,12 +193,10 @@ def test_format_boxed(text, expected):
 
 
 def test_format_boxed_ignores_answer_and_reads_messages():
-    assert format_boxed(
+    rewards = format_boxed(
         prompts=["q", "q"], completions=[chat(r"\boxed{1}"), chat("1")], answer=[None, None]
-    ) == [
-        1.0,
-        0.0,
-    ]
+    )
+    assert rewards == [1.0, 0.0]
 
 
 def test_builtin_names():

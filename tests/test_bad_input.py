@@ -1,0 +1,93 @@
+"""Bad input fails before training starts, with a message that names the problem and the fix.
+
+The first test drives the real command line (exit code 2, one readable line); the rest call `align.train.run` on the
+composed config, which is what the command line does after composition, and assert on the error type and text.
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from align.config import ConfigError
+from align.data import DataError
+from align.models import ModelLoadError, ensure_tiny
+from align.rewards import RewardError
+from align.train import run
+from tests.conftest import REPO, compose
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "align.train", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_cli_unknown_recipe_exits_2_with_choices():
+    result = cli("recipe=no-such-recipe")
+    assert result.returncode == 2
+    assert "Unknown recipe 'no-such-recipe'" in result.stderr and "grpo-arithmetic-tiny" in result.stderr
+
+
+def test_cli_bad_batch_arithmetic_exits_2_before_loading(tmp_path):
+    result = cli(f"trainer.output_dir={tmp_path}", "trainer.per_device_train_batch_size=6",
+                 "algorithm.num_generations=4")
+    assert result.returncode == 2
+    assert "generation batch 6 is not divisible by num_generations 4" in result.stderr
+    assert not any(tmp_path.iterdir()), "nothing may be written before validation passes"
+
+
+def test_cli_unknown_config_key_fails():
+    result = cli("trainer.max_stepz=3")
+    assert result.returncode != 0
+    assert "max_stepz" in result.stderr
+
+
+def test_missing_dataset_column(tmp_path, tiny_run):
+    data = tmp_path / "data.jsonl"
+    data.write_text("\n".join(json.dumps({"question": f"Compute {i}+1.", "final": str(i + 1)}) for i in range(8)))
+    cfg = compose(tiny_run + [f"data.source={data}", "data.eval_size=2", "data.columns.prompt=question"])
+    with pytest.raises(DataError, match="'answer'.*data.columns.answer"):
+        run(cfg)
+
+
+def test_model_path_that_does_not_exist(tiny_run, tmp_path):
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        run(compose(tiny_run + [f"model.path={tmp_path / 'no-model'}"]))
+
+
+def test_tokenizer_without_chat_template(tiny_run, tmp_path):
+    model_dir = tmp_path / "no-template"
+    shutil.copytree(ensure_tiny(), model_dir)
+    (model_dir / "chat_template.jinja").unlink(missing_ok=True)
+    config = json.loads((model_dir / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (model_dir / "tokenizer_config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match="no chat template.*model.chat_template"):
+        run(compose(tiny_run + [f"model.path={model_dir}"]))
+
+
+def test_num_generations_not_dividing_generation_batch(tiny_run):
+    with pytest.raises(ConfigError, match="generation batch 8 is not divisible by num_generations 3"):
+        run(compose(tiny_run + ["algorithm.num_generations=3"]))
+
+
+def test_reward_function_that_raises_names_function_and_sample(tiny_run, tmp_path):
+    data = tmp_path / "data.jsonl"
+    rows = [{"prompt": "Compute 1+1.", "answer": "2", "solution": "\\boxed{2}"},
+            {"prompt": "Compute 2+2.", "answer": "boom", "solution": "\\boxed{4}"},
+            {"prompt": "Compute 3+3.", "answer": "6", "solution": "\\boxed{6}"}] * 4
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    overrides = tiny_run + [f"data.source={data}", "data.eval_size=4",
+                            "reward.sources=[{name: 'tests.bad_rewards:raises_on_boom'}]"]
+    with pytest.raises(RewardError) as err:
+        run(compose(overrides))
+    assert "raises_on_boom" in str(err.value) and "sample 1" in str(err.value)
+    assert "Compute 2+2." in str(err.value)
+
+
+def test_nan_reward_is_rejected(tiny_run):
+    overrides = tiny_run + ["reward.sources=[{name: 'tests.bad_rewards:nan_reward'}]"]
+    with pytest.raises(RewardError, match="(?i)nan"):
+        run(compose(overrides))

@@ -1,0 +1,79 @@
+"""Config validation: every semantic error names the key, shows the arithmetic, and says what to change."""
+
+import pytest
+from omegaconf import OmegaConf
+
+from align.config import ConfigError, GRPOAlgorithmConfig, SFTAlgorithmConfig, generation_batch_size, validate
+from tests.conftest import compose
+
+
+def typed(overrides):
+    return OmegaConf.to_object(compose(overrides))
+
+
+def test_default_config_composes_to_typed_grpo():
+    config = typed([])
+    assert isinstance(config.algorithm, GRPOAlgorithmConfig)
+    assert config.model.path == "embedded:tiny"
+    validate(config, processes=1)
+
+
+def test_algorithm_group_switches_schema():
+    config = typed(["algorithm=sft"])
+    assert isinstance(config.algorithm, SFTAlgorithmConfig)
+    validate(config, processes=1)
+
+
+def test_generation_batch_arithmetic_is_shown():
+    config = typed(["trainer.per_device_train_batch_size=4", "algorithm.num_generations=8"])
+    validate(config, processes=2)  # 4 x 2 x 1 = 8: fine
+    with pytest.raises(ConfigError) as err:
+        validate(config, processes=3)
+    message = str(err.value)
+    assert "generation batch 12 is not divisible by num_generations 8" in message
+    assert "per_device_train_batch_size 4 x processes 3 x gradient_accumulation_steps 1 = 12" in message
+
+
+def test_steps_per_generation_enters_the_arithmetic():
+    config = typed(["trainer.per_device_train_batch_size=4", "algorithm.num_generations=8",
+                    "algorithm.steps_per_generation=2"])
+    assert generation_batch_size(config.algorithm, config.trainer, 1) == (
+        8, "per_device_train_batch_size 4 x processes 1 x steps_per_generation 2 = 8")
+    validate(config, processes=1)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("algorithm.loss_type=ppo", "algorithm.loss_type"),
+    ("algorithm.importance_sampling_level=batch", "algorithm.importance_sampling_level"),
+    ("algorithm.scale_rewards=max", "algorithm.scale_rewards"),
+    ("algorithm.num_generations=1", "algorithm.num_generations"),
+    ("algorithm.beta=-0.1", "algorithm.beta"),
+    ("trainer.max_steps=0", "trainer.max_steps"),
+    ("trainer.learning_rate=0", "trainer.learning_rate"),
+    ("logger.backend=mlflow", "logger.backend"),
+    ("model.lora.r=-1", "model.lora.r"),
+])
+def test_bad_values_name_their_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate(typed([override]), processes=1)
+
+
+def test_bf16_on_cpu_is_rejected_with_the_fix():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("bf16 is valid when a GPU is present")
+    with pytest.raises(ConfigError, match="model.dtype=auto"):
+        validate(typed(["model.dtype=bfloat16"]), processes=1)
+
+
+def test_empty_reward_sources_rejected_for_grpo():
+    with pytest.raises(ConfigError, match="reward.sources is empty"):
+        validate(typed(["reward.sources=[]"]), processes=1)
+
+
+def test_unknown_key_fails_at_composition():
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match="learning_rat"):
+        compose(["trainer.learning_rat=1e-3"])
