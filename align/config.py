@@ -54,6 +54,7 @@ class SyntheticConfig:
     digits: int = 2
     operators: List[str] = field(default_factory=lambda: ["+"])
     seed: int = 0
+    sloppy_fraction: float = 0.0  # share of training solutions that forget carries/borrows (answers stay true)
 
 
 @dataclass
@@ -266,4 +267,4 @@ def _validate_grpo(cfg: AlignConfig, algo: GRPOAlgorithmConfig, processes: int) 
             f"Change one of these so the product is a multiple of {algo.num_generations}."
         )
     if not cfg.reward.sources:
-        raise ConfigError("reward.sources is empty; GRPO needs at least one reward source (e.g. reward=arithmetic).")
+        raise ConfigError("reward.sources is empty; GRPO needs at least one reward source (e.g. reward=math).")

@@ -22,7 +22,14 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from align.config import AlignConfig, ConfigError, GRPOAlgorithmConfig, SFTAlgorithmConfig, register_configs, validate
+from align.config import (
+    AlignConfig,
+    ConfigError,
+    GRPOAlgorithmConfig,
+    SFTAlgorithmConfig,
+    register_configs,
+    validate,
+)
 
 log = logging.getLogger("align")
 
@@ -135,7 +142,7 @@ def _save_final(trainer, tokenizer, directory: Path) -> None:
     trainer.save_state()
 
 
-def _warm_start(config: AlignConfig, model_path: str, tokenizer, train_dataset, run_dir: Path, report_to, run_name):
+def _warm_start(config: AlignConfig, model_path: str, tokenizer, train_dataset, run_dir: Path, run_name: str) -> str:
     """SFT on reference solutions; returns the path of the warm-started model."""
     from align.models import load_causal_lm
     from align.trainers.common import training_arguments
@@ -167,7 +174,7 @@ def run(cfg: DictConfig) -> dict:
     from align.evaluation import HeldOutAccuracy
     from align.models import load_causal_lm, load_tokenizer, resolve_model_path
     from align.plotting import plot_training_curves
-    from align.rewards import build_reward_sources, preflight, resolve_reward
+    from align.rewards import build_reward_sources, guard, preflight, resolve_reward
     from align.tracking import finish_tracking, redact, start_tracking
     from align.trainers.common import training_arguments
 
@@ -180,7 +187,7 @@ def run(cfg: DictConfig) -> dict:
     rewards, weights = build_reward_sources(config.reward.sources) if is_grpo else ([], [])
     if rewards:
         preflight(rewards, train_dataset.select(range(min(2, len(train_dataset)))).to_list())
-    verifier = resolve_reward(config.eval.metric) if config.eval.enabled else None
+    verifier = guard(resolve_reward(config.eval.metric), config.eval.metric) if config.eval.enabled else None
     if verifier is not None and held_out is None:
         log.warning("eval.enabled but the data has no held-out split (data.eval_split / data.eval_size); "
                     "held-out accuracy is skipped.")
@@ -200,7 +207,7 @@ def run(cfg: DictConfig) -> dict:
 
     model_path = config.model.path
     if config.warm_start.max_steps:
-        model_path = _warm_start(config, model_path, tokenizer, train_dataset, run_dir, report_to, run_name)
+        model_path = _warm_start(config, model_path, tokenizer, train_dataset, run_dir, run_name)
     model = load_causal_lm(model_path, dtype=config.model.dtype, revision=config.model.revision,
                            trust_remote_code=config.model.trust_remote_code,
                            attn_implementation=config.model.attn_implementation)
@@ -271,7 +278,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     return ConfigError, RecipeError, DataError, ModelLoadError, RewardConfigError, RewardError
 
 
-@hydra.main(config_path="../configs", config_name="config", version_base="1.3")
+@hydra.main(config_path=str(REPO_ROOT / "configs"), config_name="config", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
     try:
         run(cfg)

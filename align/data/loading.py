@@ -14,7 +14,6 @@ source, split, column and row, and the config key that fixes it.
 from __future__ import annotations
 
 import dataclasses
-
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +95,7 @@ def _load_synthetic(cfg: DataConfig) -> tuple[datasets.Dataset, datasets.Dataset
         raise DataError(f"data.synthetic.task '{s.task}' is unknown; choose one of: {', '.join(TASKS)}.")
     try:
         train, held_out = TASKS[s.task](s.num_train, s.num_eval, digits=s.digits, operators=tuple(s.operators),
-                                        seed=s.seed)
+                                        seed=s.seed, sloppy_fraction=s.sloppy_fraction)
     except ValueError as e:  # too many rows for the problem space, bad operator, bad digits
         raise DataError(f"data.synthetic ({s.task}): {e} Adjust data.synthetic.num_train / num_eval / digits / "
                         f"operators.") from e

@@ -4,6 +4,11 @@ Each row carries the canonical columns every align trainer understands:
   prompt   - chat messages, `[{"role": "user", "content": "Compute 47+38."}]`
   answer   - the verifier target, e.g. "85"
   solution - a privileged step-by-step reference solution ending in `\\boxed{answer}` (SFT target, SAGE hints)
+
+`sloppy_fraction` makes that fraction of the *solutions* come from a sloppy teacher who forgets carries and
+borrows (so its worked answer is wrong whenever one occurs); `answer` always stays the true result. A model
+warm-started on such demonstrations imitates the mistake, and RL against the verifier can unlearn it: the
+quickstart uses this to show GRPO improving on imperfect supervision.
 """
 
 from __future__ import annotations
@@ -18,47 +23,59 @@ def _digits(n: int, width: int) -> list[int]:
     return [(n // 10**i) % 10 for i in range(width)]
 
 
-def addition_steps(a: int, b: int) -> list[str]:
-    """Column addition from the ones digit up, one step per column, carries written out."""
+def addition_steps(a: int, b: int, forget_carries: bool = False) -> tuple[list[str], int]:
+    """Column addition from the ones digit up, one step per column, carries written out; returns (steps, result).
+
+    With `forget_carries` the carry is never written or added, and the result is the one that mistake gives.
+    """
     width = max(len(str(a)), len(str(b)))
-    steps, carry = [], 0
+    steps, carry, result = [], 0, 0
     for i, (x, y) in enumerate(zip(_digits(a, width), _digits(b, width))):
         total = x + y + carry
         expression = f"{x}+{y}" + (f"+{carry}" if carry else "")
-        carry = total // 10
         is_last = i == width - 1
+        carry = 0 if forget_carries else total // 10
         steps.append(f"{expression}={total}" + (", carry 1" if carry and not is_last else ""))
-    return steps
+        result += (total if is_last else total % 10) * 10**i
+    return steps, result
 
 
-def subtraction_steps(a: int, b: int) -> list[str]:
-    """Column subtraction a - b (a >= b) from the ones digit up, borrows written out."""
+def subtraction_steps(a: int, b: int, forget_borrows: bool = False) -> tuple[list[str], int]:
+    """Column subtraction a - b (a >= b) from the ones digit up, borrows written out; returns (steps, result).
+
+    With `forget_borrows` a borrowed ten is used but never paid back, and the result is the one that mistake gives.
+    """
     width = len(str(a))
-    steps, borrow = [], 0
-    for x, y in zip(_digits(a, width), _digits(b, width)):
+    steps, borrow, result = [], 0, 0
+    for i, (x, y) in enumerate(zip(_digits(a, width), _digits(b, width))):
         top = x - borrow
         borrow = 1 if top < y else 0
-        expression = f"{top + 10 * borrow}-{y}"
-        steps.append(f"{expression}={top + 10 * borrow - y}" + (", borrow 1" if borrow else ""))
-    return steps
+        difference = top + 10 * borrow - y
+        steps.append(f"{top + 10 * borrow}-{y}={difference}" + (", borrow 1" if borrow and not forget_borrows else ""))
+        borrow = 0 if forget_borrows else borrow
+        result += difference * 10**i
+    return steps, result
 
 
-def arithmetic_row(a: int, op: str, b: int) -> dict:
+def arithmetic_row(a: int, op: str, b: int, sloppy: bool = False) -> dict:
+    """One problem; `sloppy` writes the solution as a teacher who forgets carries/borrows (answer stays true)."""
     if op == "+":
-        result, steps = a + b, addition_steps(a, b)
+        answer = a + b
+        steps, worked = addition_steps(a, b, forget_carries=sloppy)
     elif op == "-":
         if a < b:
             a, b = b, a
-        result, steps = a - b, subtraction_steps(a, b)
+        answer = a - b
+        steps, worked = subtraction_steps(a, b, forget_borrows=sloppy)
     else:
         raise ValueError(f"Unsupported operator '{op}'; choose from {OPERATORS}.")
     question = f"Compute {a}{op}{b}."
-    solution = "; ".join(steps) + f". Answer: \\boxed{{{result}}}"
-    return {"prompt": [{"role": "user", "content": question}], "answer": str(result), "solution": solution}
+    solution = "; ".join(steps) + f". Answer: \\boxed{{{worked}}}"
+    return {"prompt": [{"role": "user", "content": question}], "answer": str(answer), "solution": solution}
 
 
 def arithmetic(num_rows: int, *, digits: int = 2, operators: tuple[str, ...] = ("+",), seed: int = 0,
-               exclude: set[str] | None = None) -> list[dict]:
+               sloppy_fraction: float = 0.0, exclude: set[str] | None = None) -> list[dict]:
     """`num_rows` distinct problems with operands of exactly `digits` digits.
 
     `exclude` holds question strings that must not appear (used to keep the held-out split disjoint from train).
@@ -77,7 +94,8 @@ def arithmetic(num_rows: int, *, digits: int = 2, operators: tuple[str, ...] = (
     rng = random.Random(seed)
     rows = []
     while len(rows) < num_rows:
-        row = arithmetic_row(rng.randint(low, high), rng.choice(operators), rng.randint(low, high))
+        a, op, b = rng.randint(low, high), rng.choice(operators), rng.randint(low, high)
+        row = arithmetic_row(a, op, b, sloppy=rng.random() < sloppy_fraction)
         question = row["prompt"][0]["content"]
         if question not in seen:
             seen.add(question)
@@ -86,9 +104,10 @@ def arithmetic(num_rows: int, *, digits: int = 2, operators: tuple[str, ...] = (
 
 
 def arithmetic_splits(num_train: int, num_eval: int, **kwargs) -> tuple[list[dict], list[dict]]:
-    """Disjoint train and held-out splits drawn from the same distribution."""
+    """Disjoint train and held-out splits drawn from the same distribution (held-out solutions are never sloppy)."""
     seed = kwargs.pop("seed", 0)
     train = arithmetic(num_train, seed=seed, **kwargs)
+    kwargs.pop("sloppy_fraction", None)
     held_out = arithmetic(num_eval, seed=seed + 1, exclude={r["prompt"][0]["content"] for r in train}, **kwargs)
     return train, held_out
 

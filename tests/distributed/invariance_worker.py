@@ -1,0 +1,67 @@
+"""Trains AlignGRPOTrainer for a few steps on deterministic rollouts and writes losses + a weight fingerprint.
+
+    [accelerate launch ...] python tests/distributed/invariance_worker.py OUT.json BATCH ACCUMULATION
+
+Generation is replaced by a deterministic `rollout_func` (completion j of a prompt's group is fixed), so any
+difference between process/batch layouts of the same global batch comes from the training math alone.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+from trl import GRPOConfig
+
+from align.config import AlignConfig, DataConfig, GRPOAlgorithmConfig, RewardSourceConfig, SyntheticConfig
+from align.data import load_splits
+from align.models import load_causal_lm, load_tokenizer
+from align.rewards import build_reward_sources
+from align.trainers.common import training_arguments
+from align.trainers.grpo import AlignGRPOTrainer
+
+GROUP = 4
+
+
+def deterministic_rollout(tokenizer):
+    def rollout(prompts, trainer):
+        seen: dict[str, int] = {}
+        prompt_ids, completion_ids = [], []
+        for messages in prompts:
+            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            j = seen[text] = seen.get(text, -1) + 1
+            a, b = map(int, messages[-1]["content"].removeprefix("Compute ").rstrip(".").split("+"))
+            answer = a + b if j % 2 == 0 else a + b + j
+            completion = "x" * (3 * j) + f" Answer: \\boxed{{{answer}}}"
+            prompt_ids.append(tokenizer(text, add_special_tokens=False)["input_ids"])
+            completion_ids.append(tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])
+        return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "logprobs": None}
+    return rollout
+
+
+def main(out: str, batch: int, accumulation: int) -> None:
+    config = AlignConfig(algorithm=GRPOAlgorithmConfig(num_generations=GROUP),
+                         data=DataConfig(synthetic=SyntheticConfig(num_train=64, num_eval=0)))
+    config.trainer.per_device_train_batch_size = batch
+    config.trainer.gradient_accumulation_steps = accumulation
+    config.trainer.max_steps = 3
+    config.trainer.learning_rate = 1e-3
+    config.trainer.seed = 7
+    train, _ = load_splits(config.data, required=("prompt", "answer"))
+    tokenizer = load_tokenizer("embedded:tiny")
+    rewards, weights = build_reward_sources([RewardSourceConfig(name="boxed_match")])
+    args = GRPOConfig(**training_arguments(config, Path(out).parent / "run", [], "invariance"),
+                      num_generations=GROUP, loss_type="dapo", beta=0.0, max_completion_length=32,
+                      reward_weights=weights, disable_tqdm=True)
+    model = load_causal_lm("embedded:tiny")
+    trainer = AlignGRPOTrainer(model=model, reward_funcs=rewards, args=args, train_dataset=train,
+                               processing_class=tokenizer, rollout_func=deterministic_rollout(tokenizer))
+    trainer.train()
+    if trainer.accelerator.is_main_process:
+        params = trainer.accelerator.unwrap_model(trainer.model).state_dict()
+        losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+        fingerprint = {k: v.double().sum().item() for k, v in params.items()}
+        json.dump({"losses": losses, "weights": fingerprint}, open(out, "w"))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))

@@ -1,0 +1,101 @@
+"""End-to-end GRPO runs on the embedded tiny model: artefacts, metrics, loss variants, tracking."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from align.train import run
+from tests.conftest import compose
+
+STEP_METRICS = [
+    "groups/zero_variance_frac", "groups/solved_frac", "groups/within_group_std", "reward", "reward_std",
+    "timing/generation_s", "timing/reward_s", "timing/ref_logprobs_s", "timing/other_s", "timing/update_s",
+    "timing/step_s", "perf/tokens_per_s",
+]
+
+
+def trainer_log(run_dir: Path) -> list[dict]:
+    return [e for e in json.loads((run_dir / "trainer_state.json").read_text())["log_history"] if "loss" in e]
+
+
+def test_grpo_run_leaves_a_complete_run_directory(tiny_run):
+    summary = run(compose(tiny_run + ["eval.every_steps=1"]))
+    run_dir = Path(summary["run_dir"])
+    for artefact in ("config.yaml", "final/model.safetensors", "final/tokenizer_config.json", "curves.png",
+                     "heldout.jsonl", "trainer_state.json"):
+        assert (run_dir / artefact).exists(), artefact
+    assert not list(run_dir.rglob("*.bin")) and not list(run_dir.rglob("*.pt")), "safetensors only"
+    model = AutoModelForCausalLM.from_pretrained(run_dir / "final")  # plain transformers loads it
+    assert model.config.model_type == "qwen2"
+    assert 0.0 <= summary["accuracy_before"] <= 1.0 and 0.0 <= summary["accuracy_after"] <= 1.0
+    assert len((run_dir / "heldout.jsonl").read_text().splitlines()) == 8
+
+
+def test_every_optimizer_step_logs_group_phase_and_throughput_metrics(tiny_run):
+    summary = run(compose(tiny_run + ["trainer.max_steps=3", "eval.enabled=false"]))
+    entries = trainer_log(Path(summary["run_dir"]))
+    assert [e["step"] for e in entries] == [1, 2, 3]
+    for entry in entries:
+        missing = [k for k in STEP_METRICS if k not in entry]
+        assert not missing, missing
+        phases = sum(entry[f"timing/{p}_s"] for p in ("generation", "reward", "ref_logprobs", "other", "update"))
+        assert phases == pytest.approx(entry["timing/step_s"], rel=0.05, abs=0.02)
+        assert entry["perf/tokens_per_s"] > 0
+        assert 0.0 <= entry["groups/zero_variance_frac"] <= 1.0
+
+
+@pytest.mark.parametrize("overrides", [
+    ["algorithm.loss_type=grpo"],
+    ["algorithm.loss_type=dr_grpo"],
+    ["algorithm.loss_type=bnpo"],
+    ["algorithm=gspo"],
+    ["algorithm.beta=0.04"],  # loads a reference model: the ref_logprobs phase is measured
+])
+def test_loss_variants_train(tiny_run, overrides):
+    summary = run(compose(tiny_run + ["eval.enabled=false", "trainer.max_steps=1"] + overrides))
+    [entry] = trainer_log(Path(summary["run_dir"]))
+    assert torch.isfinite(torch.tensor(entry["loss"]))
+    if "algorithm.beta=0.04" in overrides:
+        assert entry["timing/ref_logprobs_s"] > 0 and "kl" in entry
+
+
+def test_sft_run(tiny_run):
+    summary = run(compose(tiny_run + ["algorithm=sft", "trainer.max_steps=3", "trainer.learning_rate=3e-3"]))
+    entries = trainer_log(Path(summary["run_dir"]))
+    assert entries[-1]["loss"] < entries[0]["loss"]
+    assert (Path(summary["run_dir"]) / "final" / "model.safetensors").exists()
+
+
+def test_warm_start_then_grpo(tiny_run):
+    summary = run(compose(tiny_run + ["warm_start.max_steps=2", "eval.enabled=false"]))
+    run_dir = Path(summary["run_dir"])
+    assert (run_dir / "warm_start" / "final" / "model.safetensors").exists()
+    assert (run_dir / "final" / "model.safetensors").exists()
+
+
+def test_lora_run_exports_an_adapter(tiny_run):
+    summary = run(compose(tiny_run + ["model.lora.r=4", "eval.enabled=false", "trainer.max_steps=1"]))
+    final = Path(summary["run_dir"]) / "final"
+    assert (final / "adapter_model.safetensors").exists()
+
+
+def test_tensorboard_logger_writes_events(tiny_run):
+    summary = run(compose(tiny_run + ["logger=tensorboard", "eval.enabled=false", "trainer.max_steps=1"]))
+    assert list((Path(summary["run_dir"]) / "tensorboard").rglob("events.out.tfevents.*"))
+
+
+def test_wandb_offline_run_logs_config_but_never_the_key(tiny_run, monkeypatch):
+    secret = "0123456789abcdef0123456789abcdef01234567"
+    monkeypatch.setenv("WANDB_API_KEY", secret)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    summary = run(compose(tiny_run + ["logger=wandb", "logger.tags=[test]", "eval.enabled=false",
+                                      "trainer.max_steps=1"]))
+    run_dir = Path(summary["run_dir"])
+    wandb_files = list((run_dir / "wandb").rglob("*"))
+    assert any(f.name.endswith(".wandb") for f in wandb_files), "an offline W&B run was recorded"
+    for path in run_dir.rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), f"API key leaked into {path}"
