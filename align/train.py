@@ -139,6 +139,8 @@ def _save_final(trainer, tokenizer, directory: Path) -> None:
     trainer.save_model(str(directory))  # collective under ZeRO-3; writes on the main process
     if trainer.accelerator.is_main_process:
         tokenizer.save_pretrained(directory)
+        # A pickle of TrainingArguments; the run's config.yaml already records them, and exports stay pickle-free.
+        (directory / "training_args.bin").unlink(missing_ok=True)
     trainer.save_state()
 
 
@@ -168,7 +170,6 @@ def _warm_start(config: AlignConfig, model_path: str, tokenizer, train_dataset, 
 def run(cfg: DictConfig) -> dict:
     """Train as configured; return a summary (run_dir, held-out accuracy before/after, final model path)."""
     import torch
-    from accelerate import PartialState
 
     from align.data import load_splits
     from align.evaluation import HeldOutAccuracy
@@ -176,7 +177,7 @@ def run(cfg: DictConfig) -> dict:
     from align.plotting import plot_training_curves
     from align.rewards import build_reward_sources, guard, preflight, resolve_reward
     from align.tracking import finish_tracking, redact, start_tracking
-    from align.trainers.common import training_arguments
+    from align.trainers.common import distributed_state, training_arguments
 
     config: AlignConfig = OmegaConf.to_object(cfg)
     validate(config)
@@ -196,13 +197,14 @@ def run(cfg: DictConfig) -> dict:
                                trust_remote_code=config.model.trust_remote_code,
                                chat_template=config.model.chat_template)
 
-    state = PartialState()
+    state = distributed_state()
     run_dir, run_name = shared_run_dir(config, state)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     if state.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(redact(resolved))))
-        print(f"[align] run directory: {run_dir}", flush=True)
+        print(f"[align] run directory: {run_dir} ({state.num_processes} process(es), "
+              f"{state.distributed_type.value})", flush=True)
     report_to = start_tracking(config.logger, run_dir, run_name, redact(resolved), state.is_main_process)
 
     model_path = config.model.path

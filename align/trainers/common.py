@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +12,25 @@ from align.config import AlignConfig, world_size
 from align.models import resolve_dtype
 
 
+def cpu_backend() -> str | None:
+    """The torch.distributed backend to request on a multi-process CPU launch (gloo), else None (launcher default)."""
+    return "gloo" if not torch.cuda.is_available() and world_size() > 1 else None
+
+
+def distributed_state():
+    """accelerate's process state, initialised exactly as the trainers' TrainingArguments will initialise it."""
+    from accelerate import PartialState
+
+    kwargs = {"backend": cpu_backend()} if cpu_backend() else {}
+    if os.environ.get("ACCELERATE_USE_CPU", "false").lower() in ("1", "true", "yes"):
+        kwargs["cpu"] = True  # what TrainingArguments does for the same environment
+    return PartialState(**kwargs)
+
+
 def training_arguments(config: AlignConfig, run_dir: Path, report_to: list[str], run_name: str) -> dict[str, Any]:
     """Keyword arguments common to TRL's GRPOConfig / SFTConfig, derived from `config.trainer` and `config.model`."""
     t = config.trainer
     dtype = resolve_dtype(config.model.dtype)
-    on_gpu = torch.cuda.is_available()
     args = dict(
         output_dir=str(run_dir),
         run_name=run_name,
@@ -41,7 +56,7 @@ def training_arguments(config: AlignConfig, run_dir: Path, report_to: list[str],
         remove_unused_columns=False,  # reward sources read the dataset's extra columns
         disable_tqdm=False,
     )
-    if not on_gpu and world_size() > 1:
-        args["ddp_backend"] = "gloo"  # the only torch.distributed backend on CPU (DDP and DeepSpeed alike)
+    if cpu_backend():
+        args["ddp_backend"] = cpu_backend()  # the only torch.distributed backend on CPU (DDP and DeepSpeed alike)
     args.update(t.trl)
     return args

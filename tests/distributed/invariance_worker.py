@@ -51,8 +51,9 @@ def main(out: str, batch: int, accumulation: int) -> None:
     rewards, weights = build_reward_sources([RewardSourceConfig(name="boxed_match")])
     args = GRPOConfig(**training_arguments(config, Path(out).parent / "run", [], "invariance"),
                       num_generations=GROUP, loss_type="dapo", beta=0.0, max_completion_length=32,
-                      reward_weights=weights, disable_tqdm=True)
+                      reward_weights=weights)
     model = load_causal_lm("embedded:tiny")
+    initial = {k: v.double().sum().item() for k, v in model.state_dict().items()}
     trainer = AlignGRPOTrainer(model=model, reward_funcs=rewards, args=args, train_dataset=train,
                                processing_class=tokenizer, rollout_func=deterministic_rollout(tokenizer))
     trainer.train()
@@ -60,7 +61,8 @@ def main(out: str, batch: int, accumulation: int) -> None:
         params = trainer.accelerator.unwrap_model(trainer.model).state_dict()
         losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
         fingerprint = {k: v.double().sum().item() for k, v in params.items()}
-        json.dump({"losses": losses, "weights": fingerprint}, open(out, "w"))
+        with open(out, "w") as f:
+            json.dump({"losses": losses, "weights": fingerprint, "initial_weights": initial}, f)
 
 
 if __name__ == "__main__":
