@@ -75,6 +75,7 @@ class DataConfig:
     eval_size: int = 0  # when there is no eval split: rows carved off the end of the training split
     columns: ColumnsConfig = field(default_factory=ColumnsConfig)
     system_prompt: Optional[str] = None  # prepended to string prompts
+    answer_regex: Optional[str] = None  # extracts the verifier target from `answer`, e.g. "####\\s*(.+)$" for GSM8K
     max_train_rows: Optional[int] = None
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 

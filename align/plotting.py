@@ -17,7 +17,13 @@ def plot_training_curves(log_history: list[dict], heldout: list[tuple[int, float
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     series, label = (reward, "mean reward") if reward else (loss, "training loss")
     if series:
-        left.plot(*zip(*series), color="tab:blue")
+        steps, values = zip(*series)
+        left.plot(steps, values, color="tab:blue", alpha=0.3, label="per step")
+        window = max(1, len(values) // 10)
+        smooth = [sum(values[max(0, i - window + 1):i + 1]) / len(values[max(0, i - window + 1):i + 1])
+                  for i in range(len(values))]
+        left.plot(steps, smooth, color="tab:blue", label=f"mean of last {window}")
+        left.legend(loc="lower right")
     left.set(xlabel="optimizer step", ylabel=label, title=label)
     if heldout:
         right.plot(*zip(*heldout), marker="o", color="tab:green")

@@ -14,6 +14,7 @@ source, split, column and row, and the config key that fixes it.
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any
 
@@ -79,9 +80,10 @@ def load_splits(cfg: DataConfig, required: tuple[str, ...] = ("prompt",)
             raise DataError(f"data.max_train_rows must be >= 1 (or null for all rows), got {cfg.max_train_rows}.")
         train = train.select(range(min(cfg.max_train_rows, len(train))))
 
-    train = _prepare(train, required, cfg.system_prompt, f"{label} (split {cfg.split})")
+    train = _prepare(train, required, cfg.system_prompt, f"{label} (split {cfg.split})", cfg.answer_regex)
     if held_out is not None:
-        held_out = _prepare(held_out, required, cfg.system_prompt, f"{label} (split {held_name or 'held-out'})")
+        held_out = _prepare(held_out, required, cfg.system_prompt, f"{label} (split {held_name or 'held-out'})",
+                            cfg.answer_regex)
     return train, held_out
 
 
@@ -180,7 +182,10 @@ def _map_columns(ds: datasets.Dataset, columns, where: str) -> datasets.Dataset:
     """Rename source columns to canonical names (see `load_splits` for the conflict rules)."""
     if dataclasses.is_dataclass(columns):
         columns = dataclasses.asdict(columns)
-    columns = {canon: src for canon, src in dict(columns or {}).items() if src and canon != src}
+    columns = {canon: src for canon, src in dict(columns or {}).items() if src}
+    fed = [src for src in columns.values()]
+    # An identity entry matters only when its source also feeds another name (e.g. answer and solution from 'answer').
+    columns = {canon: src for canon, src in columns.items() if canon != src or fed.count(src) > 1}
     if not columns:
         return ds
     available = ds.column_names
@@ -194,7 +199,9 @@ def _map_columns(ds: datasets.Dataset, columns, where: str) -> datasets.Dataset:
     by_source: dict[str, list[str]] = {}
     for canon, src in columns.items():
         by_source.setdefault(src, []).append(canon)
-    ds = ds.rename_columns({src: canons[0] for src, canons in by_source.items()})
+    for canons in by_source.values():  # the identity name, if any, keeps the original column
+        canons.sort(key=lambda canon: canon not in by_source)
+    ds = ds.rename_columns({src: canons[0] for src, canons in by_source.items() if src != canons[0]})
     copies = {canon: canons[0] for canons in by_source.values() for canon in canons[1:]}
     if copies:
         ds = ds.map(lambda b: {canon: b[first] for canon, first in copies.items()}, batched=True)
@@ -220,9 +227,22 @@ def _is_messages(value: Any) -> bool:
         isinstance(m, dict) and isinstance(m.get("role"), str) and m.get("content") is not None for m in value)
 
 
+def _extract_answers(ds: datasets.Dataset, pattern: str, where: str) -> datasets.Dataset:
+    """Replace each `answer` by the first group (else the whole match) of `pattern` in it, e.g. GSM8K's '#### 72'."""
+    regex = re.compile(pattern, re.MULTILINE)
+    answers = []
+    for i, text in enumerate(ds["answer"]):
+        match = regex.search(str(text))
+        if match is None:
+            raise DataError(f"data.answer_regex {pattern!r} does not match column 'answer' in row {i} of {where}: "
+                            f"{str(text)[:200]!r}. Fix the pattern or clean that row.")
+        answers.append((match.group(1) if regex.groups else match.group(0)).strip())
+    return ds.remove_columns("answer").add_column("answer", answers)
+
+
 def _prepare(ds: datasets.Dataset, required: tuple[str, ...], system_prompt: str | None,
-             where: str) -> datasets.Dataset:
-    """Validate `required` columns, cast `answer` to strings, and turn prompts into chat messages."""
+             where: str, answer_regex: str | None = None) -> datasets.Dataset:
+    """Validate `required` columns, extract and cast `answer` to strings, and turn prompts into chat messages."""
     if len(ds) == 0:
         raise DataError(f"{where} has no rows.")
     for column in required:
@@ -239,6 +259,8 @@ def _prepare(ds: datasets.Dataset, required: tuple[str, ...], system_prompt: str
             raise DataError(f"column 'prompt' in row {i} of {where} is neither a string nor a list of "
                             f"{{'role', 'content'}} messages: {str(prompt)[:200]}.")
 
+    if answer_regex and "answer" in ds.column_names:
+        ds = _extract_answers(ds, answer_regex, where)
     if "answer" in ds.column_names and isinstance(ds.features["answer"], datasets.Value) \
             and ds.features["answer"].dtype not in ("string", "large_string"):
         ds = ds.cast_column("answer", datasets.Value("string"))

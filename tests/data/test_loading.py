@@ -309,3 +309,28 @@ def test_unreadable_directory(tmp_path):
     (tmp_path / "weights.bin").write_bytes(b"\0")
     with pytest.raises(DataError, match=r"could not load directory data.source '.*'.*save_to_disk"):
         load_splits(DataConfig(source=str(tmp_path)))
+
+
+def test_gsm8k_style_answers_feed_solution_and_extracted_answer(tmp_path):
+    """One source column feeds both `solution` (as is) and `answer` (through answer_regex)."""
+    import json
+
+    path = tmp_path / "gsm8k.jsonl"
+    rows = [{"question": "Ann has 3 apples and buys 4. How many?", "answer": "3 + 4 = 7\n#### 7"},
+            {"question": "Half of 1,000?", "answer": "1,000 / 2 = 500\n#### 500"}]
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    cfg = DataConfig(source=str(path), columns={"prompt": "question", "answer": "answer", "solution": "answer"},
+                     answer_regex=r"####\s*(.+)$")
+    train, _ = load_splits(cfg, required=("prompt", "answer", "solution"))
+    assert train["answer"] == ["7", "500"]
+    assert train["solution"] == [r["answer"] for r in rows]
+    assert train["prompt"][0] == [{"role": "user", "content": rows[0]["question"]}]
+
+
+def test_answer_regex_without_match_names_the_row(tmp_path):
+    import json
+
+    path = tmp_path / "data.jsonl"
+    path.write_text("\n".join(json.dumps({"prompt": "q", "answer": a}) for a in ("#### 1", "no marker")))
+    with pytest.raises(DataError, match=r"answer_regex .* row 1"):
+        load_splits(DataConfig(source=str(path), answer_regex=r"####\s*(.+)$"), required=("prompt", "answer"))
