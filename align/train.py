@@ -135,7 +135,7 @@ def _peft_config(config: AlignConfig):
 
 
 def _save_final(trainer, tokenizer, directory: Path) -> None:
-    """HF-format export (safetensors + tokenizer + trainer state); a LoRA run exports its merged weights too."""
+    """HF-format export: safetensors weights (a LoRA run: its adapter) + tokenizer, and the trainer state."""
     trainer.save_model(str(directory))  # collective under ZeRO-3; writes on the main process
     if trainer.accelerator.is_main_process:
         tokenizer.save_pretrained(directory)
@@ -217,22 +217,12 @@ def run(cfg: DictConfig) -> dict:
     common = training_arguments(config, run_dir, report_to, run_name)
     algo = config.algorithm
     if is_grpo:
-        from trl import GRPOConfig
+        from align.trainers.grpo import build_grpo_trainer
 
-        from align.trainers.grpo import AlignGRPOTrainer
-
-        args = GRPOConfig(
-            **common, loss_type=algo.loss_type, importance_sampling_level=algo.importance_sampling_level,
-            num_generations=algo.num_generations, beta=algo.beta, epsilon=algo.epsilon,
-            epsilon_high=algo.epsilon_high, scale_rewards=algo.scale_rewards, temperature=algo.temperature,
-            top_p=algo.top_p, max_completion_length=algo.max_completion_length,
-            steps_per_generation=algo.steps_per_generation, num_iterations=algo.num_iterations,
-            mask_truncated_completions=algo.mask_truncated_completions, use_vllm=algo.use_vllm,
-            vllm_mode=algo.vllm_mode, reward_weights=weights, log_completions=config.logger.log_completions,
-            trust_remote_code=config.model.trust_remote_code, **algo.trl,
-        )
-        trainer = AlignGRPOTrainer(model=model, reward_funcs=rewards, args=args, train_dataset=train_dataset,
-                                   processing_class=tokenizer, peft_config=_peft_config(config))
+        trainer = build_grpo_trainer(model, tokenizer, train_dataset, rewards, weights, algo, common,
+                                     log_completions=config.logger.log_completions,
+                                     trust_remote_code=config.model.trust_remote_code,
+                                     peft_config=_peft_config(config))
     else:
         from align.trainers.sft import build_sft_trainer
 

@@ -97,25 +97,14 @@ def align_config(opts: argparse.Namespace, max_steps: int):
 
 
 def grpo_config(config, output_dir: str):
-    """The GRPOConfig `align.train.run` builds, with the benchmark's fixed overrides."""
-    from trl import GRPOConfig
-
+    """The GRPOConfig `align.train.run` builds (same builder), with the benchmark's fixed overrides."""
     from align.trainers.common import training_arguments
+    from align.trainers.grpo import grpo_config as build
 
     common = training_arguments(config, Path(output_dir), report_to=[], run_name="overhead-bench")
     common.update(bf16=False, fp16=False, report_to=[], save_strategy="no", logging_steps=1, disable_tqdm=True)
-    algo = config.algorithm
-    return GRPOConfig(
-        **common, loss_type=algo.loss_type, importance_sampling_level=algo.importance_sampling_level,
-        num_generations=algo.num_generations, beta=algo.beta, epsilon=algo.epsilon,
-        epsilon_high=algo.epsilon_high, scale_rewards=algo.scale_rewards, temperature=algo.temperature,
-        top_p=algo.top_p, max_completion_length=algo.max_completion_length,
-        steps_per_generation=algo.steps_per_generation, num_iterations=algo.num_iterations,
-        mask_truncated_completions=algo.mask_truncated_completions, use_vllm=algo.use_vllm,
-        vllm_mode=algo.vllm_mode, reward_weights=[float(s.weight) for s in config.reward.sources],
-        log_completions=config.logger.log_completions, trust_remote_code=config.model.trust_remote_code,
-        **algo.trl,
-    )
+    return build(config.algorithm, common, [float(s.weight) for s in config.reward.sources],
+                 log_completions=config.logger.log_completions, trust_remote_code=config.model.trust_remote_code)
 
 
 class StepClock:

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import torch
 from transformers import TrainerCallback
-from trl import GRPOTrainer
+from trl import GRPOConfig, GRPOTrainer
 
+from align.config import GRPOAlgorithmConfig
 from align.rollout import group_stats
 from align.timing import PhaseTimer
 
@@ -89,3 +90,26 @@ class AlignGRPOTrainer(GRPOTrainer):
             metrics[f"timing/{phase}_s"].append(seconds.get(phase, 0.0))
         tokens = self.state.num_input_tokens_seen - self._tokens_seen_at_step_start
         metrics["perf/tokens_per_s"].append(tokens / seconds["step"] if seconds["step"] > 0 else 0.0)
+
+
+def grpo_config(algo: GRPOAlgorithmConfig, common_args: dict, reward_weights: list[float], *,
+                log_completions: bool = False, trust_remote_code: bool = False) -> GRPOConfig:
+    """TRL's GRPOConfig from align's algorithm node plus the arguments every trainer shares."""
+    return GRPOConfig(
+        **common_args, loss_type=algo.loss_type, importance_sampling_level=algo.importance_sampling_level,
+        num_generations=algo.num_generations, beta=algo.beta, epsilon=algo.epsilon, epsilon_high=algo.epsilon_high,
+        scale_rewards=algo.scale_rewards, temperature=algo.temperature, top_p=algo.top_p,
+        max_completion_length=algo.max_completion_length, steps_per_generation=algo.steps_per_generation,
+        num_iterations=algo.num_iterations, mask_truncated_completions=algo.mask_truncated_completions,
+        use_vllm=algo.use_vllm, vllm_mode=algo.vllm_mode, reward_weights=reward_weights,
+        log_completions=log_completions, trust_remote_code=trust_remote_code, **algo.trl,
+    )
+
+
+def build_grpo_trainer(model, tokenizer, train_dataset, rewards: list, weights: list[float],
+                       algo: GRPOAlgorithmConfig, common_args: dict, *, log_completions: bool = False,
+                       trust_remote_code: bool = False, peft_config=None) -> AlignGRPOTrainer:
+    args = grpo_config(algo, common_args, weights, log_completions=log_completions,
+                       trust_remote_code=trust_remote_code)
+    return AlignGRPOTrainer(model=model, reward_funcs=rewards, args=args, train_dataset=train_dataset,
+                            processing_class=tokenizer, peft_config=peft_config)
