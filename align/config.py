@@ -68,7 +68,8 @@ class ColumnsConfig:
 
 @dataclass
 class DataConfig:
-    source: str = "synthetic"  # "synthetic", a local .jsonl/.json/.parquet/.csv file or saved dataset dir, or a hub name
+    # "synthetic", a local .jsonl/.json/.parquet/.csv file or save_to_disk directory, or a hub dataset name
+    source: str = "synthetic"
     subset: Optional[str] = None  # hub dataset config name
     split: str = "train"
     eval_split: Optional[str] = None  # held-out split of the same source

@@ -80,7 +80,8 @@ class HeldOutAccuracy(TrainerCallback):
     def __init__(self, trainer, tokenizer, rows: list[dict], verifier: Callable, run_dir: Path,
                  max_new_tokens: int, batch_size: int, every_steps: int = 0):
         self.trainer, self.tokenizer, self.rows, self.verifier = trainer, tokenizer, rows, verifier
-        self.run_dir, self.max_new_tokens, self.batch_size, self.every_steps = run_dir, max_new_tokens, batch_size, every_steps
+        self.run_dir, self.max_new_tokens, self.batch_size = run_dir, max_new_tokens, batch_size
+        self.every_steps = every_steps
         self.history: list[tuple[int, float]] = []
         self.last_results: list[dict] = []
 

@@ -1,9 +1,9 @@
 """Tokenizer and model loading, plus the embedded tiny default.
 
-The embedded default (`model.path: embedded:tiny`) is a byte-level Qwen2 tokenizer without merges, a Qwen-style chat template,
-and a randomly initialised 4-layer Qwen2 causal LM (about 0.8M parameters). Both are built deterministically from
-this file in about a second and cached under `$ALIGN_CACHE` (default `~/.cache/align`), so nothing touches the
-network. Every other path is handed to `transformers` unchanged: a local directory or a hub name.
+The embedded default (`model.path: embedded:tiny`) is a byte-level Qwen2 tokenizer without merges, a Qwen-style
+chat template, and a randomly initialised 4-layer Qwen2 causal LM (about 0.8M parameters). Both are built
+deterministically from this file in a few seconds and cached under `$ALIGN_CACHE` (default `~/.cache/align`), so
+nothing touches the network. Every other path is handed to `transformers` unchanged: a local directory or a hub name.
 """
 
 from __future__ import annotations

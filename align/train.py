@@ -87,12 +87,17 @@ def resolve_recipe_args(argv: list[str]) -> list[str]:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _recipe_choice() -> str | None:
+def _default_run_name(config: AlignConfig) -> str:
+    """<recipe or algorithm>-<timestamp>, plus the job number for each point of a Hydra multirun sweep."""
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
-    if not HydraConfig.initialized():
-        return None
-    return HydraConfig.get().runtime.choices.get("recipe")
+    hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
+    recipe = hydra_cfg.runtime.choices.get("recipe") if hydra_cfg else None
+    name = f"{recipe or config.algorithm.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if hydra_cfg and hydra_cfg.mode == RunMode.MULTIRUN:
+        name += f"-{hydra_cfg.job.num}"  # sweep points start within the same second
+    return name
 
 
 def shared_run_dir(config: AlignConfig, state) -> tuple[Path, str]:
@@ -102,7 +107,7 @@ def shared_run_dir(config: AlignConfig, state) -> tuple[Path, str]:
     t = config.trainer
     chosen = [None, None]
     if state.is_main_process:
-        name = t.run_name or f"{_recipe_choice() or config.algorithm.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        name = t.run_name or _default_run_name(config)
         directory = Path(t.output_dir) if t.output_dir else Path(t.output_root) / name
         chosen = [str(directory.resolve()), name]
     if state.num_processes > 1:
@@ -117,7 +122,8 @@ def _required_columns(config: AlignConfig) -> tuple[str, ...]:
     if isinstance(algo, SFTAlgorithmConfig):
         return ("prompt", algo.completion_column)
     columns = ["prompt"]
-    if config.eval.enabled or any(s.name in BUILTIN_REWARDS and s.name != "format_boxed" for s in config.reward.sources):
+    answer_verifiers = [s for s in config.reward.sources if s.name in BUILTIN_REWARDS and s.name != "format_boxed"]
+    if config.eval.enabled or answer_verifiers:
         columns.append("answer")
     if config.warm_start.max_steps:
         columns.append(config.warm_start.completion_column)

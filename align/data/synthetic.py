@@ -90,7 +90,8 @@ def arithmetic(num_rows: int, *, digits: int = 2, operators: tuple[str, ...] = (
     space = (high - low + 1) ** 2 * len(operators)
     seen = set(exclude or ())
     if num_rows > space - len(seen):
-        raise ValueError(f"Only {space - len(seen)} distinct {digits}-digit problems are available; asked for {num_rows}.")
+        raise ValueError(f"Only {space - len(seen)} distinct {digits}-digit problems are available; "
+                         f"asked for {num_rows}.")
     rng = random.Random(seed)
     rows = []
     while len(rows) < num_rows:

@@ -242,7 +242,8 @@ def test_required_column_missing(tmp_path):
 
 def test_required_column_missing_from_held_out(tmp_path):
     datasets.DatasetDict({"train": rows_to_dataset(ROWS),
-                          "test": rows_to_dataset([{"question": "q", "final": 1}])}).save_to_disk(str(tmp_path / "saved"))
+                          "test": rows_to_dataset([{"question": "q", "final": 1}])}
+                         ).save_to_disk(str(tmp_path / "saved"))
     with pytest.raises(DataError, match=r"column 'solution' is missing from .*saved \(split test\)"):
         load_splits(DataConfig(source=str(tmp_path / "saved"), eval_split="test", columns=dict(MAPPING)),
                     required=("answer", "solution"))

@@ -33,7 +33,8 @@ def deterministic_rollout(tokenizer):
             answer = a + b if j % 2 == 0 else a + b + j
             completion = "x" * (3 * j) + f" Answer: \\boxed{{{answer}}}"
             prompt_ids.append(tokenizer(text, add_special_tokens=False)["input_ids"])
-            completion_ids.append(tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])
+            ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+            completion_ids.append(ids + [tokenizer.eos_token_id])
         return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "logprobs": None}
     return rollout
 
