@@ -8,6 +8,8 @@ dataset or model is loaded.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
@@ -249,6 +251,24 @@ def validate(cfg: AlignConfig, processes: int | None = None) -> None:
         raise ConfigError(f"warm_start.max_steps must be >= 0, got {cfg.warm_start.max_steps}.")
     if isinstance(algo, GRPOAlgorithmConfig):
         _validate_grpo(cfg, algo, processes)
+    _validate_passthrough(cfg)
+
+
+def _validate_passthrough(cfg: AlignConfig) -> None:
+    """`trainer.trl` / `algorithm.trl` must name real fields of the TRL config, and none that align sets itself."""
+    from trl import GRPOConfig, SFTConfig
+
+    trl_class = GRPOConfig if isinstance(cfg.algorithm, GRPOAlgorithmConfig) else SFTConfig
+    known = {f.name for f in dataclasses.fields(trl_class)}
+    for key, node in (("trainer.trl", cfg.trainer), ("algorithm.trl", cfg.algorithm)):
+        owned = {f.name for f in dataclasses.fields(node)} - {"trl", "name"}
+        for name in node.trl:
+            if name in owned:
+                raise ConfigError(f"{key}.{name} duplicates an align setting; set {key.split('.')[0]}.{name} instead.")
+            if name not in known:
+                close = difflib.get_close_matches(name, known, n=1)
+                hint = f" Did you mean '{close[0]}'?" if close else ""
+                raise ConfigError(f"{key}.{name} is not a field of TRL's {trl_class.__name__}.{hint}")
 
 
 def _validate_grpo(cfg: AlignConfig, algo: GRPOAlgorithmConfig, processes: int) -> None:

@@ -134,15 +134,28 @@ def resolve_model_path(path: str) -> str:
     return path
 
 
+def bf16_available() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
 def resolve_dtype(name: str) -> torch.dtype:
-    """`auto` means bf16 on a GPU that supports it and fp32 otherwise (CPU kernels are fp32)."""
+    """The dtype weights are *loaded* in. `auto`: bf16 under DeepSpeed on a bf16 GPU (DeepSpeed keeps fp32 master
+    weights), fp32 everywhere else: under DDP the optimizer updates the loaded weights themselves, and lr-1e-6
+    updates round away in bf16, so the compute runs in bf16 through autocast instead (`mixed_precision_flags`)."""
     if name == "auto":
-        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+        deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+        return torch.bfloat16 if bf16_available() and deepspeed else torch.float32
     try:
         return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
                 "float16": torch.float16, "fp16": torch.float16}[name]
     except KeyError:
         raise ModelLoadError(f"model.dtype '{name}' is not one of auto, float32, bfloat16, float16.") from None
+
+
+def mixed_precision_flags(name: str) -> dict[str, bool]:
+    """TrainingArguments' bf16/fp16 flags for `model.dtype` (CPU: neither; TRL's own default would be bf16)."""
+    dtype = name if name != "auto" else ("bfloat16" if bf16_available() else "float32")
+    return {"bf16": resolve_dtype(dtype) == torch.bfloat16, "fp16": resolve_dtype(dtype) == torch.float16}
 
 
 def load_tokenizer(path: str, *, revision: str | None = None, trust_remote_code: bool = False,

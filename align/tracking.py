@@ -13,7 +13,8 @@ from typing import Any
 
 from align.config import LoggerConfig
 
-_SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password|credential)", re.IGNORECASE)
+# Whole key names (or their last `_`-separated part): `hf_token`, `wandb_api_key`, `password`; not `max_new_tokens`.
+_SECRET_KEY = re.compile(r"(^|[_-])(api[_-]?key|token|secret|password|passwd|credentials?)$", re.IGNORECASE)
 REDACTED = "<redacted>"
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -53,8 +54,11 @@ def _user_recipe_root(path: Path, name: str) -> Path:
     link = root / "recipe" / f"{name}.yaml"
     link.parent.mkdir(parents=True, exist_ok=True)
     if not link.is_symlink() or link.resolve() != path:
-        link.unlink(missing_ok=True)
-        link.symlink_to(path)
+        # Every rank of a launch gets here at once: build the link under a private name, then rename atomically.
+        staging = link.with_name(f".{name}.{os.getpid()}.yaml")
+        staging.unlink(missing_ok=True)
+        staging.symlink_to(path)
+        os.replace(staging, link)
     return root
 
 

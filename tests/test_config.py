@@ -77,3 +77,13 @@ def test_unknown_key_fails_at_composition():
 
     with pytest.raises(ConfigCompositionException, match="learning_rat"):
         compose(["trainer.learning_rat=1e-3"])
+
+
+def test_trl_passthrough_keys_are_checked_before_anything_loads():
+    validate(typed(["+algorithm.trl.top_entropy_quantile=0.2", "+trainer.trl.adam_beta2=0.99"]), processes=1)
+    with pytest.raises(ConfigError, match="not a field of TRL's GRPOConfig. Did you mean 'top_entropy_quantile'"):
+        validate(typed(["+algorithm.trl.top_entropy_quantil=0.2"]), processes=1)
+    with pytest.raises(ConfigError, match="set algorithm.beta instead"):
+        validate(typed(["+algorithm.trl.beta=0.1"]), processes=1)
+    with pytest.raises(ConfigError, match="SFTConfig"):
+        validate(typed(["algorithm=sft", "+algorithm.trl.num_generations=4"]), processes=1)

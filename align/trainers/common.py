@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from align.config import AlignConfig, world_size
-from align.models import resolve_dtype
+from align.models import mixed_precision_flags
 
 
 def cpu_backend() -> str | None:
@@ -30,7 +30,6 @@ def distributed_state():
 def training_arguments(config: AlignConfig, run_dir: Path, report_to: list[str], run_name: str) -> dict[str, Any]:
     """Keyword arguments common to TRL's GRPOConfig / SFTConfig, derived from `config.trainer` and `config.model`."""
     t = config.trainer
-    dtype = resolve_dtype(config.model.dtype)
     args = dict(
         output_dir=str(run_dir),
         run_name=run_name,
@@ -49,9 +48,7 @@ def training_arguments(config: AlignConfig, run_dir: Path, report_to: list[str],
         save_strategy="steps" if t.save_steps else "no",
         save_steps=t.save_steps or 500,
         save_total_limit=t.save_total_limit,
-        # TRL defaults to bf16; CPU kernels are fp32, so precision follows the model's dtype.
-        bf16=dtype == torch.bfloat16,
-        fp16=dtype == torch.float16,
+        **mixed_precision_flags(config.model.dtype),
         report_to=report_to,
         dataloader_num_workers=0,
         remove_unused_columns=False,  # reward sources read the dataset's extra columns

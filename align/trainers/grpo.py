@@ -10,7 +10,8 @@ The loss is TRL's, unchanged: `loss_type` grpo | dapo | dr_grpo | bnpo, and GSPO
                              wall time per phase; `ref_logprobs` is every no-grad log-prob forward (the reference
                              model, and the old policy when steps_per_generation > 1); `other` is the rest of the
                              rollout (tokenization, padding, advantages); `update` is forward/backward/optimizer
-  perf/tokens_per_s          prompt + completion tokens processed per second of step time (all processes)
+  perf/tokens_per_s          prompt + completion tokens of the micro-batches trained on in this step, summed over
+                             processes, per second of step time
 
 next to TRL's own `reward`, `reward_std`, `rewards/<source>/mean`, `kl`, `entropy`, `clip_ratio/*`.
 """
@@ -34,7 +35,6 @@ class _StepBoundaries(TrainerCallback):
 
     def on_step_begin(self, args, state, control, **kwargs):
         self.trainer._phases.start_step()
-        self.trainer._tokens_seen_at_step_start = state.num_input_tokens_seen
 
     def on_step_end(self, args, state, control, **kwargs):
         self.trainer._record_step_timing()
@@ -44,7 +44,7 @@ class AlignGRPOTrainer(GRPOTrainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._phases = PhaseTimer()
-        self._tokens_seen_at_step_start = 0
+        self._step_tokens = 0
         self.add_callback(_StepBoundaries(self))
 
     @property
@@ -67,6 +67,12 @@ class AlignGRPOTrainer(GRPOTrainer):
         with self._phases("ref_logprobs"):
             return super()._get_per_token_logps_and_entropies(model, *args, **kwargs)
 
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if model.training:
+            self._step_tokens += int(inputs["prompt_mask"].sum() + inputs["completion_mask"].sum())
+        return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                    num_items_in_batch=num_items_in_batch)
+
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         with self._phases("reward"):
             rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
@@ -88,7 +94,9 @@ class AlignGRPOTrainer(GRPOTrainer):
         metrics = self._metrics["train"]
         for phase in ("generation", "reward", "ref_logprobs", "other", "update", "step"):
             metrics[f"timing/{phase}_s"].append(seconds.get(phase, 0.0))
-        tokens = self.state.num_input_tokens_seen - self._tokens_seen_at_step_start
+        local = torch.tensor(float(self._step_tokens), device=self.accelerator.device)
+        tokens = self.accelerator.reduce(local, reduction="sum").item()  # every rank reaches on_step_end
+        self._step_tokens = 0
         metrics["perf/tokens_per_s"].append(tokens / seconds["step"] if seconds["step"] > 0 else 0.0)
 
 
