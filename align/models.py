@@ -164,7 +164,14 @@ def load_tokenizer(path: str, *, revision: str | None = None, trust_remote_code:
     from transformers import AutoTokenizer
 
     resolved = resolve_model_path(path)
-    tokenizer = AutoTokenizer.from_pretrained(resolved, revision=revision, trust_remote_code=trust_remote_code)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolved, revision=revision, trust_remote_code=trust_remote_code)
+    except OSError as err:  # transformers' "not a local folder and not a valid model identifier", offline hub, ...
+        raise ModelLoadError(
+            f"Cannot load the tokenizer of '{path}': it is not an existing local directory, and the hub could not "
+            f"provide it ({err.__class__.__name__}: {str(err).splitlines()[0]}). Check model.path, your network / "
+            f"HF_HUB_OFFLINE, or use '{TINY}'."
+        ) from err
     if chat_template:
         tokenizer.chat_template = chat_template
     if not tokenizer.chat_template:

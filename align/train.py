@@ -91,31 +91,42 @@ def resolve_recipe_args(argv: list[str]) -> list[str]:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _default_run_name(config: AlignConfig) -> str:
-    """<recipe or algorithm>-<timestamp>, plus the job number for each point of a Hydra multirun sweep."""
+def _hydra_context() -> tuple[str | None, int | None]:
+    """(recipe choice, multirun job number) when running under Hydra, else (None, None)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
-    recipe = hydra_cfg.runtime.choices.get("recipe") if hydra_cfg else None
-    name = f"{recipe or config.algorithm.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if hydra_cfg and hydra_cfg.mode == RunMode.MULTIRUN:
-        name += f"-{hydra_cfg.job.num}"  # sweep points start within the same second
-    return name
+    if not HydraConfig.initialized():
+        return None, None
+    hydra_cfg = HydraConfig.get()
+    return hydra_cfg.runtime.choices.get("recipe"), (hydra_cfg.job.num if hydra_cfg.mode == RunMode.MULTIRUN else None)
 
 
 def shared_run_dir(config: AlignConfig, state) -> tuple[Path, str]:
-    """Run directory and name, chosen on rank 0 and broadcast so every rank writes to the same place."""
+    """Run directory and name, chosen on rank 0 and broadcast so every rank writes to the same place.
+
+    Default name: <recipe or algorithm>-<timestamp>; each point of a multirun sweep gets its job number appended
+    (to the name, or as a subdirectory of an explicit output_dir). A directory that already holds a run is refused
+    on every rank, so finished work is never overwritten.
+    """
     from accelerate.utils import broadcast_object_list
 
     t = config.trainer
-    chosen = [None, None]
+    chosen = [None, None, None]  # directory, name, error
     if state.is_main_process:
-        name = t.run_name or _default_run_name(config)
-        directory = Path(t.output_dir) if t.output_dir else Path(t.output_root) / name
-        chosen = [str(directory.resolve()), name]
+        recipe, job = _hydra_context()
+        name = t.run_name or f"{recipe or config.algorithm.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        name = name if job is None else f"{name}-{job}"
+        directory = Path(t.output_dir) / (str(job) if job is not None else "") if t.output_dir else \
+            Path(t.output_root) / name
+        chosen = [str(directory.resolve()), name, None]
+        if (directory / "config.yaml").exists():
+            chosen[2] = (f"run directory {directory} already holds a run; choose another trainer.run_name or "
+                         f"trainer.output_dir, or delete that directory.")
     if state.num_processes > 1:
         broadcast_object_list(chosen, from_process=0)
+    if chosen[2]:
+        raise ConfigError(chosen[2])
     return Path(chosen[0]), chosen[1]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The embedded model and user-recipe links are built into a private cache, never the user's ~/.cache/align.
+os.environ.setdefault("ALIGN_CACHE", tempfile.mkdtemp(prefix="align-test-cache-"))
 
 
 def compose(overrides: list[str]):

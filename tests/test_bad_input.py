@@ -91,3 +91,18 @@ def test_nan_reward_is_rejected(tiny_run):
     overrides = tiny_run + ["reward.sources=[{name: 'tests.bad_rewards:nan_reward'}]"]
     with pytest.raises(RewardError, match="(?i)nan"):
         run(compose(overrides))
+
+
+def test_an_existing_run_directory_is_never_overwritten(tiny_run, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text("finished: true\n")
+    with pytest.raises(ConfigError, match="already holds a run"):
+        run(compose(tiny_run))
+    assert (run_dir / "config.yaml").read_text() == "finished: true\n"
+
+
+def test_unknown_hub_name_offline_is_a_clear_model_error(tiny_run, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError, match="Cannot load the tokenizer of 'no-such-org/no-such-model'"):
+        run(compose(tiny_run + ["model.path=no-such-org/no-such-model"]))
