@@ -4,10 +4,11 @@
     .venv/bin/python benchmarks/overhead.py --pairs 2 --steps 5 --warmup 1 --out /tmp/overhead.json
 
 `align.trainers.grpo.AlignGRPOTrainer` (per-phase timing, group statistics) and `trl.GRPOTrainer` are built from
-the same GRPOConfig (the one `align.train.run` builds, from `training_arguments`), the same reward callables
-(guarded `boxed_match` 1.0 + `format_boxed` 0.1), the same data (synthetic 2-digit addition) and a freshly loaded
-embedded tiny model with the same seed. Runs alternate A B / B A / A B ... so drift cancels; within a pair both
-trainers should generate the same completions, which the logged losses/entropies confirm.
+the same GRPOConfig (the one `align.train.run` builds, from `training_arguments`), the same reward functions
+(`boxed_match` 1.0 + `format_boxed` 0.1; guarded for align, bare for TRL), the same data (synthetic 2-digit
+addition) and a freshly loaded copy of the same model (by default the embedded one after a short SFT warm start,
+so rewards and losses are non-zero) with the same seed. Runs alternate A B / B A / A B ... so drift cancels;
+within a pair both trainers should generate the same completions, which the logged losses/entropies confirm.
 
 Step time is measured identically for both trainers by a callback pair outside every other callback: the first
 `on_step_begin` and the last `on_step_end` (generation, rewards, forward/backward and the optimizer step;
@@ -23,6 +24,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -49,6 +51,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=16, help="per_device_train_batch_size (completions per step)")
     p.add_argument("--num-generations", type=int, default=8)
     p.add_argument("--max-completion-length", type=int, default=32)
+    p.add_argument("--model", default="embedded:tiny", help="policy to start from (a path or embedded:tiny)")
+    p.add_argument("--warm-start-steps", type=int, default=300,
+                   help="SFT the model this many steps first (sft-arithmetic-tiny recipe) so rewards, advantages "
+                        "and losses are non-zero as in real training; 0 benchmarks the untrained model")
     p.add_argument("--no-prime", action="store_true",
                    help="skip the discarded priming run of each trainer before the first pair")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output; the markdown table goes next to it")
@@ -81,7 +87,7 @@ def align_config(opts: argparse.Namespace, max_steps: int):
     )
 
     config = AlignConfig(
-        model=ModelConfig(path="embedded:tiny", dtype="float32"),
+        model=ModelConfig(path=opts.model, dtype="float32"),
         data=DataConfig(source="synthetic", synthetic=SyntheticConfig(task="arithmetic", digits=2, operators=["+"])),
         algorithm=GRPOAlgorithmConfig(loss_type="dapo", num_generations=opts.num_generations, beta=0.0,
                                       max_completion_length=opts.max_completion_length),
@@ -158,7 +164,9 @@ def run_once(kind: str, opts: argparse.Namespace, shared: dict, timed_steps: int
         set_seed(opts.seed)
         tokenizer = load_tokenizer(config.model.path)
         model = load_causal_lm(config.model.path, dtype=config.model.dtype)
-        trainer = cls(model=model, reward_funcs=shared["rewards"], args=grpo_config(config, output_dir),
+        # align gets its guarded reward sources, TRL the bare functions: the guard's cost is part of the overhead.
+        rewards = shared["rewards"] if kind == ALIGN else shared["bare_rewards"]
+        trainer = cls(model=model, reward_funcs=rewards, args=grpo_config(config, output_dir),
                       train_dataset=shared["train"], processing_class=tokenizer)
         clock = StepClock()
         clock.attach(trainer)
@@ -267,7 +275,7 @@ def main(argv: list[str] | None = None) -> dict:
     import trl
 
     from align.data import load_splits
-    from align.rewards import build_reward_sources, preflight
+    from align.rewards import BUILTIN_REWARDS, build_reward_sources, preflight
 
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
@@ -278,11 +286,20 @@ def main(argv: list[str] | None = None) -> dict:
     if opts.threads is not None:
         torch.set_num_threads(opts.threads)
 
+    base_model = opts.model
+    warm_dir = tempfile.TemporaryDirectory(prefix="overhead-warm-start-")
+    if opts.warm_start_steps:
+        print(f"[overhead] SFT warm start of {opts.model} for {opts.warm_start_steps} steps", flush=True)
+        subprocess.run([sys.executable, "-m", "align.train", "recipe=sft-arithmetic-tiny", f"model.path={opts.model}",
+                        f"trainer.max_steps={opts.warm_start_steps}", f"trainer.output_dir={warm_dir.name}/sft",
+                        "eval.enabled=false"], cwd=REPO_ROOT, check=True, capture_output=True)
+        opts.model = f"{warm_dir.name}/sft/final"
     config = align_config(opts, opts.warmup + opts.steps)
     train, _ = load_splits(config.data, required=("prompt", "answer"))
     rewards, _weights = build_reward_sources(config.reward.sources)
     preflight(rewards, train.select(range(2)).to_list())
-    shared = {"train": train, "rewards": rewards}  # the identical objects go to both trainers
+    bare_rewards = [BUILTIN_REWARDS[s.name] for s in config.reward.sources]
+    shared = {"train": train, "rewards": rewards, "bare_rewards": bare_rewards}  # identical objects in every run
 
     t0 = time.perf_counter()
     if not opts.no_prime:
@@ -345,7 +362,7 @@ def main(argv: list[str] | None = None) -> dict:
             "num_generations": args.num_generations,
             "max_completion_length": args.max_completion_length,
             "learning_rate": args.learning_rate, "loss_type": args.loss_type, "beta": args.beta,
-            "model": config.model.path, "dtype": "float32",
+            "model": base_model, "warm_start_steps": opts.warm_start_steps, "dtype": "float32",
             "data": f"synthetic:arithmetic digits={config.data.synthetic.digits} "
                     f"operators={list(config.data.synthetic.operators)}",
             "rewards": {s.name: s.weight for s in config.reward.sources},

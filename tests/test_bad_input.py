@@ -38,6 +38,21 @@ def test_cli_bad_batch_arithmetic_exits_2_before_loading(tmp_path):
     assert not any(tmp_path.iterdir()), "nothing may be written before validation passes"
 
 
+def test_cli_missing_model_path_exits_2(tmp_path):
+    result = cli(f"trainer.output_dir={tmp_path / 'run'}", f"model.path={tmp_path / 'missing-model'}")
+    assert result.returncode == 2
+    assert "does not exist" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_missing_dataset_column_exits_2(tmp_path):
+    data = tmp_path / "data.jsonl"
+    data.write_text(json.dumps({"prompt": "Compute 1+1.", "final": "2"}) + "\n")
+    result = cli(f"trainer.output_dir={tmp_path / 'run'}", f"data.source={data}", "eval.enabled=false")
+    assert result.returncode == 2
+    assert "column 'answer' is missing" in result.stderr and "data.columns.answer" in result.stderr
+
+
 def test_cli_unknown_config_key_fails():
     result = cli("trainer.max_stepz=3")
     assert result.returncode != 0
