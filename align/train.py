@@ -302,6 +302,9 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 def main() -> None:
     """Console entry point (`align-train`, `python -m align.train`)."""
+    if not (REPO_ROOT / "configs" / "config.yaml").is_file():
+        sys.exit(f"align: error: the Hydra configs were not found at {REPO_ROOT / 'configs'}. align runs from a clone "
+                 f"of its repository: git clone ... && pip install -e . (see README.md).")
     try:
         sys.argv = [sys.argv[0], *resolve_recipe_args(sys.argv[1:])]
         _hydra_main()

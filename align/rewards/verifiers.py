@@ -92,22 +92,25 @@ def _normalize_space(text: str) -> str:
     return " ".join(text.split())
 
 
+def _per_sample(completions, answer, source: str, score) -> list[float | None]:
+    """`score(completion_text, gold_answer)` for each sample; None where the row has no answer."""
+    rewards = []
+    for completion, target in zip(completions, _answers(answer, source), strict=True):
+        target = _gold(target)
+        rewards.append(None if target is None else score(completion_text(completion), target))
+    return rewards
+
+
 def exact_match(prompts, completions, completion_ids=None, *, answer=None, **kwargs) -> list[float | None]:
     """1.0 when the candidate equals the answer up to whitespace (stripped, inner runs collapsed), else 0.0.
 
     The candidate is the last boxed content if the completion has one, else the whole completion.
     """
-    rewards = []
-    for completion, target in zip(completions, _answers(answer, "exact_match"), strict=True):
-        target = _gold(target)
-        if target is None:
-            rewards.append(None)
-            continue
-        text = completion_text(completion)
+    def score(text: str, target: str) -> float:
         boxed = extract_boxed(text)
-        candidate = boxed if boxed is not None else text
-        rewards.append(float(_normalize_space(candidate) == _normalize_space(target)))
-    return rewards
+        return float(_normalize_space(boxed if boxed is not None else text) == _normalize_space(target))
+
+    return _per_sample(completions, answer, "exact_match", score)
 
 
 def _to_float(text: str) -> float | None:
@@ -126,20 +129,15 @@ def numeric_match(
     The candidate is the last boxed content if there is one, else the last number in the text (ints, decimals,
     negatives, thousands commas). Anything that does not parse as a finite number scores 0.0.
     """
-    rewards = []
-    for completion, target in zip(completions, _answers(answer, "numeric_match"), strict=True):
-        target = _gold(target)
-        if target is None:
-            rewards.append(None)
-            continue
-        text = completion_text(completion)
+    def score(text: str, target: str) -> float:
         candidate = extract_boxed(text)
         if candidate is None:
             numbers = _NUMBER.findall(text)
             candidate = numbers[-1] if numbers else ""
         a, b = _to_float(candidate), _to_float(target)
-        rewards.append(float(a is not None and b is not None and abs(a - b) <= rel_tol * max(1.0, abs(b))))
-    return rewards
+        return float(a is not None and b is not None and abs(a - b) <= rel_tol * max(1.0, abs(b)))
+
+    return _per_sample(completions, answer, "numeric_match", score)
 
 
 def _timeout() -> int | None:
@@ -167,21 +165,15 @@ def boxed_match(prompts, completions, completion_ids=None, *, answer=None, **kwa
     """1.0 when the last `\\boxed{}` of the completion is mathematically equal to the answer (math-verify:
     `0.5` equals `\\frac{1}{2}`, `85.0` equals `85`), else 0.0. A completion without a closed `\\boxed{}`
     scores 0.0."""
-    rewards = []
-    for completion, target in zip(completions, _answers(answer, "boxed_match"), strict=True):
-        target = _gold(target)
-        if target is None:
-            rewards.append(None)
-            continue
-        boxed = extract_boxed(completion_text(completion))
-        gold = _parse_gold(target)
+    def score(text: str, target: str) -> float:
+        boxed, gold = extract_boxed(text), _parse_gold(target)
         if boxed is None or not gold:
-            rewards.append(0.0)
-            continue
+            return 0.0
         # Parse the last box alone: math-verify would read all boxes in the text as one set of answers.
         prediction = parse(f"\\boxed{{{boxed}}}", parsing_timeout=_timeout())
-        rewards.append(float(verify(list(gold), prediction, timeout_seconds=_timeout())))
-    return rewards
+        return float(verify(list(gold), prediction, timeout_seconds=_timeout()))
+
+    return _per_sample(completions, answer, "boxed_match", score)
 
 
 def format_boxed(prompts, completions, completion_ids=None, **kwargs) -> list[float]:
