@@ -58,8 +58,8 @@ def main(out: str, batch: int, accumulation: int) -> None:
     trainer = AlignGRPOTrainer(model=model, reward_funcs=rewards, args=args, train_dataset=train,
                                processing_class=tokenizer, rollout_func=deterministic_rollout(tokenizer))
     trainer.train()
+    params = trainer.accelerator.get_state_dict(trainer.model_wrapped)  # collective: gathers ZeRO-3 shards
     if trainer.accelerator.is_main_process:
-        params = trainer.accelerator.unwrap_model(trainer.model).state_dict()
         losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
         fingerprint = {k: v.double().sum().item() for k, v in params.items()}
         with open(out, "w") as f:
