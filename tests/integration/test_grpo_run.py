@@ -121,7 +121,10 @@ def test_wandb_offline_run_logs_config_but_never_the_key(tiny_run, monkeypatch):
                                       "trainer.max_steps=1"]))
     run_dir = Path(summary["run_dir"])
     wandb_files = list((run_dir / "wandb").rglob("*"))
-    assert any(f.name.endswith(".wandb") for f in wandb_files), "an offline W&B run was recorded"
+    [record] = [f for f in wandb_files if f.name.endswith(".wandb")]  # the offline run's protobuf log
+    data = record.read_bytes()
+    assert b"embedded:tiny" in data and b"loss_type" in data, "align's full config is logged to the run"
+    assert b"groups/zero_variance_frac" in data, "step metrics reach W&B"
     for path in run_dir.rglob("*"):
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), f"API key leaked into {path}"
