@@ -300,6 +300,16 @@ def _hydra_main(cfg: DictConfig) -> None:
         sys.exit(2)
 
 
+def shutdown_distributed() -> None:
+    """Tear the process group down explicitly: left to interpreter exit, gloo's threads can abort the process
+    ("terminate called without an active exception") after all work is done, failing the launch."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def main() -> None:
     """Console entry point (`align-train`, `python -m align.train`)."""
     if not (REPO_ROOT / "configs" / "config.yaml").is_file():
@@ -308,6 +318,7 @@ def main() -> None:
     try:
         sys.argv = [sys.argv[0], *resolve_recipe_args(sys.argv[1:])]
         _hydra_main()
+        shutdown_distributed()
     except RecipeError as err:
         print(f"align: error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -16,6 +16,7 @@ from align.config import AlignConfig, DataConfig, GRPOAlgorithmConfig, RewardSou
 from align.data import load_splits
 from align.models import load_causal_lm, load_tokenizer
 from align.rewards import build_reward_sources
+from align.train import shutdown_distributed
 from align.trainers.common import training_arguments
 from align.trainers.grpo import AlignGRPOTrainer
 
@@ -64,6 +65,7 @@ def main(out: str, batch: int, accumulation: int) -> None:
         fingerprint = {k: v.double().sum().item() for k, v in params.items()}
         with open(out, "w") as f:
             json.dump({"losses": losses, "weights": fingerprint, "initial_weights": initial}, f)
+    shutdown_distributed()
 
 
 if __name__ == "__main__":
