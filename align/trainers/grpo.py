@@ -76,7 +76,8 @@ class AlignGRPOTrainer(GRPOTrainer):
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         with self._phases("reward"):
             rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
-        # Same aggregation as TRL: weighted nansum over sources, NaN where every source returned None.
+        # Group statistics describe the raw task reward: TRL's weighted nansum over sources, NaN where every source
+        # returned None (also under multi_objective_aggregation=normalize_then_sum, which only changes advantages).
         weights = self.reward_weights.to(rewards_per_func.device)
         rewards = (rewards_per_func * weights).nansum(dim=1)
         rewards[torch.isnan(rewards_per_func).all(dim=1)] = torch.nan
