@@ -247,6 +247,9 @@ def validate(cfg: AlignConfig, processes: int | None = None) -> None:
                           f"Set model.dtype=auto (or float32).")
     if cfg.model.lora.r < 0:
         raise ConfigError(f"model.lora.r must be >= 0 (0 = full fine-tuning), got {cfg.model.lora.r}.")
+    if cfg.eval.every_steps < 0 or (cfg.eval.every_steps and cfg.eval.every_steps % t.logging_steps):
+        raise ConfigError(f"eval.every_steps {cfg.eval.every_steps} must be 0 or a multiple of trainer.logging_steps "
+                          f"{t.logging_steps}, so held-out accuracy is logged on the step it was measured.")
     if cfg.warm_start.max_steps < 0:
         raise ConfigError(f"warm_start.max_steps must be >= 0, got {cfg.warm_start.max_steps}.")
     if isinstance(algo, GRPOAlgorithmConfig):

@@ -220,13 +220,13 @@ def run(cfg: DictConfig) -> dict:
 
     state = distributed_state()
     run_dir, run_name = shared_run_dir(config, state)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved = redact(OmegaConf.to_container(cfg, resolve=True))
     if state.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(redact(resolved))))
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
         print(f"[align] run directory: {run_dir} ({state.num_processes} process(es), "
               f"{state.distributed_type.value})", flush=True)
-    report_to = start_tracking(config.logger, run_dir, run_name, redact(resolved), state.is_main_process)
+    report_to = start_tracking(config.logger, run_dir, run_name, resolved, state.is_main_process)
 
     model_path = config.model.path
     if config.warm_start.max_steps:

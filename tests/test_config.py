@@ -52,10 +52,12 @@ def test_steps_per_generation_enters_the_arithmetic():
     ("trainer.learning_rate=0", "trainer.learning_rate"),
     ("logger.backend=mlflow", "logger.backend"),
     ("model.lora.r=-1", "model.lora.r"),
+    ("eval.every_steps=3", "eval.every_steps"),  # trainer.logging_steps is 2 in every case here
+
 ])
 def test_bad_values_name_their_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        validate(typed([override]), processes=1)
+        validate(typed([override, "trainer.logging_steps=2"]), processes=1)
 
 
 def test_bf16_on_cpu_is_rejected_with_the_fix():
