@@ -34,8 +34,9 @@ from align.config import (
 
 log = logging.getLogger("align")
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-RECIPES_DIR = REPO_ROOT / "recipes"
+# In a clone these are symlinks to the repository's configs/ and recipes/; a wheel carries them as package data.
+CONFIGS_DIR = Path(__file__).parent / "_configs"
+RECIPES_DIR = Path(__file__).parent / "_recipes"
 
 
 class RecipeError(ValueError):
@@ -291,7 +292,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     return ConfigError, RecipeError, DataError, ModelLoadError, RewardConfigError, RewardError
 
 
-@hydra.main(config_path=str(REPO_ROOT / "configs"), config_name="config", version_base="1.3")
+@hydra.main(config_path=str(CONFIGS_DIR), config_name="config", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
     try:
         run(cfg)
@@ -312,9 +313,9 @@ def shutdown_distributed() -> None:
 
 def main() -> None:
     """Console entry point (`align-train`, `python -m align.train`)."""
-    if not (REPO_ROOT / "configs" / "config.yaml").is_file():
-        sys.exit(f"align: error: the Hydra configs were not found at {REPO_ROOT / 'configs'}. align runs from a clone "
-                 f"of its repository: git clone ... && pip install -e . (see README.md).")
+    if not (CONFIGS_DIR / "config.yaml").is_file():
+        sys.exit(f"align: error: the Hydra configs were not found at {CONFIGS_DIR}; reinstall align (a clone: "
+                 f"pip install -e .; see README.md).")
     try:
         sys.argv = [sys.argv[0], *resolve_recipe_args(sys.argv[1:])]
         _hydra_main()
