@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import inspect
 import logging
 import os
 import sys
@@ -138,8 +139,9 @@ def _required_columns(config: AlignConfig) -> tuple[str, ...]:
     if isinstance(algo, SFTAlgorithmConfig):
         return ("prompt", algo.completion_column)
     columns = ["prompt"]
-    answer_verifiers = [s for s in config.reward.sources if s.name in BUILTIN_REWARDS and s.name != "format_boxed"]
-    if config.eval.enabled or answer_verifiers:
+    # A built-in that takes an `answer` argument checks against the answer column (format_boxed does not).
+    builtins = [BUILTIN_REWARDS[s.name] for s in config.reward.sources if s.name in BUILTIN_REWARDS]
+    if config.eval.enabled or any("answer" in inspect.signature(fn).parameters for fn in builtins):
         columns.append("answer")
     if config.warm_start.max_steps:
         columns.append(config.warm_start.completion_column)

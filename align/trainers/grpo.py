@@ -69,7 +69,8 @@ class AlignGRPOTrainer(GRPOTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if model.training:
-            self._step_tokens += int(inputs["prompt_mask"].sum() + inputs["completion_mask"].sum())
+            # Stays a device tensor: converting here would force a GPU sync on every micro-step.
+            self._step_tokens += inputs["prompt_mask"].sum() + inputs["completion_mask"].sum()
         return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                     num_items_in_batch=num_items_in_batch)
 
@@ -95,7 +96,7 @@ class AlignGRPOTrainer(GRPOTrainer):
         metrics = self._metrics["train"]
         for phase in ("generation", "reward", "ref_logprobs", "other", "update", "step"):
             metrics[f"timing/{phase}_s"].append(seconds.get(phase, 0.0))
-        local = torch.tensor(float(self._step_tokens), device=self.accelerator.device)
+        local = torch.as_tensor(self._step_tokens, dtype=torch.float32, device=self.accelerator.device)
         tokens = self.accelerator.reduce(local, reduction="sum").item()  # every rank reaches on_step_end
         self._step_tokens = 0
         metrics["perf/tokens_per_s"].append(tokens / seconds["step"] if seconds["step"] > 0 else 0.0)
