@@ -21,6 +21,9 @@ GRPO_LOSS_TYPES = ("grpo", "dapo", "dr_grpo", "bnpo")
 IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")  # "sequence" is GSPO
 SCALE_REWARDS = ("group", "batch", "none")
 LOGGER_BACKENDS = ("none", "wandb", "tensorboard")
+SAGE_SCHEDULES = ("sage", "sage_light")
+SAGE_TRIGGERS = ("no_success", "zero_variance")
+SAGE_LIGHT_RULES = ("paper", "bidirectional")
 
 
 class ConfigError(ValueError):
@@ -116,6 +119,47 @@ class GRPOAlgorithmConfig:
     trl: Dict[str, Any] = field(default_factory=dict)  # further GRPOConfig fields, passed through as given
 
 
+HINT_SYSTEM_PROMPT = (
+    "You are a teacher who writes hints. You see a problem and its reference solution and write three progressive "
+    "hints that help a student solve the problem without giving the final answer away."
+)
+HINT_USER_TEMPLATE = (
+    "Problem:\n{question}\n\nReference solution:\n{solution}\n\nReply with only a JSON object "
+    '{"level_1": "...", "level_2": "...", "level_3": "..."}. level_1 names the key concept or approach; level_2 gives '
+    "more direction on the method or the intermediate steps; level_3 gives detailed guidance that still leaves the "
+    "student to finish. Each level builds on the previous one. Never state the final answer."
+)
+
+
+@dataclass
+class HintConfig:
+    """How SAGE asks the policy for hints and how a hint enters the solve prompt (see docs/sage.md)."""
+
+    solution_column: str = "solution"  # privileged reference solution; rows without one are never hinted
+    system_prompt: Optional[str] = HINT_SYSTEM_PROMPT
+    user_template: str = HINT_USER_TEMPLATE  # fields: {question} {solution}
+    solve_template: str = "{question}\n\nHere is a hint to help you:\n{hint}"  # fields: {question} {hint}
+    temperature: float = 0.0  # 0 = greedy
+    retry_temperature: float = 0.7  # retries of unparsable hints sample (a greedy retry would repeat itself)
+    retries: int = 3
+    max_tokens: int = 512
+    leak_filter: bool = True  # drop hints that contain the verifier's answer string
+
+
+@dataclass
+class SAGEAlgorithmConfig(GRPOAlgorithmConfig):
+    """GRPO whose collapsed groups are re-rolled with hints the policy writes itself (docs/sage.md)."""
+
+    name: str = "sage"
+    schedule: str = "sage"  # sage (probe + escalation every step) | sage_light (per-prompt level across epochs)
+    trigger: str = "no_success"  # no_success | zero_variance: which groups count as collapsed (sage schedule)
+    success_threshold: float = 0.0  # a completion succeeds when its reward is > this
+    light_rule: str = "paper"  # paper (only raise) | bidirectional
+    light_alpha: float = 0.35
+    light_low: float = 0.1
+    hint: HintConfig = field(default_factory=HintConfig)
+
+
 @dataclass
 class SFTAlgorithmConfig:
     name: str = "sft"
@@ -132,6 +176,8 @@ class WarmStartConfig:
     learning_rate: float = 1e-3
     per_device_train_batch_size: int = 32
     completion_column: str = "solution"
+    # SAGE: also teach the policy to write hints (from this column of gold hint JSON) and to solve with a hint
+    hints_column: Optional[str] = None
 
 
 @dataclass
@@ -190,7 +236,7 @@ class AlignConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
-ALGORITHMS = {"grpo": GRPOAlgorithmConfig, "sft": SFTAlgorithmConfig}
+ALGORITHMS = {"grpo": GRPOAlgorithmConfig, "sage": SAGEAlgorithmConfig, "sft": SFTAlgorithmConfig}
 
 
 def register_configs() -> None:
@@ -252,6 +298,9 @@ def validate(cfg: AlignConfig, processes: int | None = None) -> None:
                           f"{t.logging_steps}, so held-out accuracy is logged on the step it was measured.")
     if cfg.warm_start.max_steps < 0:
         raise ConfigError(f"warm_start.max_steps must be >= 0, got {cfg.warm_start.max_steps}.")
+    if cfg.warm_start.hints_column and not isinstance(algo, SAGEAlgorithmConfig):
+        raise ConfigError("warm_start.hints_column teaches SAGE's hint format; it needs algorithm=sage "
+                          "(or unset it).")
     if isinstance(algo, GRPOAlgorithmConfig):
         _validate_grpo(cfg, algo, processes)
     _validate_passthrough(cfg)
@@ -293,3 +342,33 @@ def _validate_grpo(cfg: AlignConfig, algo: GRPOAlgorithmConfig, processes: int) 
         )
     if not cfg.reward.sources:
         raise ConfigError("reward.sources is empty; GRPO needs at least one reward source (e.g. reward=math).")
+    if isinstance(algo, SAGEAlgorithmConfig):
+        _validate_sage(algo, cfg.trainer)
+
+
+def _validate_sage(algo: SAGEAlgorithmConfig, trainer: TrainerConfig) -> None:
+    _one_of("algorithm.schedule", algo.schedule, SAGE_SCHEDULES)
+    _one_of("algorithm.trigger", algo.trigger, SAGE_TRIGGERS)
+    _one_of("algorithm.light_rule", algo.light_rule, SAGE_LIGHT_RULES)
+    if not 0 <= algo.light_low <= algo.light_alpha <= 1:
+        raise ConfigError(f"need 0 <= algorithm.light_low ({algo.light_low}) <= algorithm.light_alpha "
+                          f"({algo.light_alpha}) <= 1.")
+    h = algo.hint
+    if h.temperature < 0 or h.retry_temperature < 0:
+        raise ConfigError("algorithm.hint.temperature and retry_temperature must be >= 0 (0 = greedy).")
+    if h.retries < 0:
+        raise ConfigError(f"algorithm.hint.retries must be >= 0, got {h.retries}.")
+    _positive("algorithm.hint.max_tokens", h.max_tokens)
+    for key, fields in (("user_template", ("{question}", "{solution}")), ("solve_template", ("{question}", "{hint}"))):
+        missing = [f for f in fields if f not in getattr(h, key)]
+        if missing:
+            raise ConfigError(f"algorithm.hint.{key} must contain {' and '.join(missing)}.")
+    # Each rank hints and re-rolls its own groups, so a group must not straddle two ranks.
+    steps = algo.steps_per_generation or trainer.gradient_accumulation_steps
+    local = trainer.per_device_train_batch_size * steps
+    if local % algo.num_generations:
+        raise ConfigError(
+            f"SAGE re-rolls whole groups on the rank that holds them, so each process's generation batch "
+            f"(per_device_train_batch_size {trainer.per_device_train_batch_size} x steps {steps} = {local}) must be a "
+            f"multiple of num_generations {algo.num_generations}."
+        )

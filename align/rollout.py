@@ -44,3 +44,13 @@ def group_stats(rewards: torch.Tensor, group_size: int, success_threshold: float
     zero_variance = torch.isclose(std, torch.zeros_like(std)) | torch.isnan(std)
     successes = (grouped > success_threshold).sum(dim=1)  # NaN compares False
     return GroupStats(mean=mean, std=std, zero_variance=zero_variance, successes=successes)
+
+
+def combine_rewards(rewards_per_func: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """The scalar task reward, as TRL combines it: weighted nansum over sources (shape (n, num_sources) -> (n,)).
+
+    A completion for which every source returned None (NaN) is unscorable and stays NaN.
+    """
+    rewards = (rewards_per_func * weights.to(rewards_per_func.device)).nansum(dim=1)
+    rewards[torch.isnan(rewards_per_func).all(dim=1)] = torch.nan
+    return rewards

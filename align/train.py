@@ -28,6 +28,7 @@ from align.config import (
     AlignConfig,
     ConfigError,
     GRPOAlgorithmConfig,
+    SAGEAlgorithmConfig,
     SFTAlgorithmConfig,
     register_configs,
     validate,
@@ -145,7 +146,26 @@ def _required_columns(config: AlignConfig) -> tuple[str, ...]:
         columns.append("answer")
     if config.warm_start.max_steps:
         columns.append(config.warm_start.completion_column)
+        if config.warm_start.hints_column:
+            columns.append(config.warm_start.hints_column)
     return tuple(dict.fromkeys(columns))
+
+
+def _check_reference_solutions(config: AlignConfig, train_dataset) -> None:
+    """SAGE hints from a reference-solution column: it must exist, and some rows must fill it (others may not)."""
+    from align.data import DataError
+
+    column = config.algorithm.hint.solution_column
+    if column not in train_dataset.column_names:
+        raise DataError(f"SAGE writes hints from reference solutions, but the training data has no '{column}' "
+                        f"column (columns: {', '.join(train_dataset.column_names)}). Map one with "
+                        f"data.columns.solution=<column> or set algorithm.hint.solution_column.")
+    with_solution = sum(1 for value in train_dataset[column] if value)
+    if with_solution == 0:
+        raise DataError(f"Every row's '{column}' is empty, so SAGE would never hint; use algorithm=grpo or fill it.")
+    if with_solution < len(train_dataset):
+        log.warning("%d of %d training rows have no '%s'; they train without hints.",
+                    len(train_dataset) - with_solution, len(train_dataset), column)
 
 
 def _peft_config(config: AlignConfig):
@@ -172,7 +192,7 @@ def _warm_start(config: AlignConfig, model_path: str, tokenizer, train_dataset, 
     """SFT on reference solutions; returns the path of the warm-started model."""
     from align.models import load_causal_lm
     from align.trainers.common import training_arguments
-    from align.trainers.sft import build_sft_trainer
+    from align.trainers.sft import build_sft_trainer, to_prompt_completion
 
     w = config.warm_start
     stage_dir = run_dir / "warm_start"
@@ -182,9 +202,19 @@ def _warm_start(config: AlignConfig, model_path: str, tokenizer, train_dataset, 
                   warmup_steps=min(10, w.max_steps // 10), gradient_accumulation_steps=1)
     model = load_causal_lm(model_path, dtype=config.model.dtype, revision=config.model.revision,
                            trust_remote_code=config.model.trust_remote_code)
-    trainer = build_sft_trainer(model, tokenizer, train_dataset, w.completion_column, max_length=1024,
-                                common_args=common)
-    log.info("warm start: SFT for %d steps on '%s'", w.max_steps, w.completion_column)
+    dataset = to_prompt_completion(train_dataset, w.completion_column)
+    if w.hints_column:
+        from datasets import concatenate_datasets
+
+        from align.data import rows_to_dataset
+        from align.trainers.sage import hint_demonstrations
+
+        demos = hint_demonstrations(train_dataset.to_list(), config.algorithm.hint, w.hints_column,
+                                    seed=config.trainer.seed)
+        dataset = concatenate_datasets([dataset, rows_to_dataset(demos)]).shuffle(seed=config.trainer.seed)
+    trainer = build_sft_trainer(model, tokenizer, dataset, None, max_length=1024, common_args=common)
+    log.info("warm start: SFT for %d steps on '%s'%s", w.max_steps, w.completion_column,
+             f" + hint writing and hinted solving from '{w.hints_column}'" if w.hints_column else "")
     trainer.train()
     _save_final(trainer, tokenizer, stage_dir / "final")
     trainer.accelerator.wait_for_everyone()
@@ -208,6 +238,8 @@ def run(cfg: DictConfig) -> dict:
     resolve_model_path(config.model.path)  # a missing local path fails here, before anything is loaded
 
     train_dataset, held_out = load_splits(config.data, required=_required_columns(config))
+    if isinstance(config.algorithm, SAGEAlgorithmConfig):
+        _check_reference_solutions(config, train_dataset)
     is_grpo = isinstance(config.algorithm, GRPOAlgorithmConfig)
     rewards, weights = build_reward_sources(config.reward.sources) if is_grpo else ([], [])
     if rewards:
@@ -242,8 +274,10 @@ def run(cfg: DictConfig) -> dict:
     algo = config.algorithm
     if is_grpo:
         from align.trainers.grpo import build_grpo_trainer
+        from align.trainers.sage import build_sage_trainer
 
-        trainer = build_grpo_trainer(model, tokenizer, train_dataset, rewards, weights, algo, common,
+        build = build_sage_trainer if isinstance(algo, SAGEAlgorithmConfig) else build_grpo_trainer
+        trainer = build(model, tokenizer, train_dataset, rewards, weights, algo, common,
                                      log_completions=config.logger.log_completions,
                                      trust_remote_code=config.model.trust_remote_code,
                                      peft_config=_peft_config(config))

@@ -3,16 +3,21 @@
 Each row carries the canonical columns every align trainer understands:
   prompt   - chat messages, `[{"role": "user", "content": "Compute 47+38."}]`
   answer   - the verifier target, e.g. "85"
-  solution - a privileged step-by-step reference solution ending in `\\boxed{answer}` (SFT target, SAGE hints)
+  solution - the correct step-by-step reference solution ending in `\\boxed{answer}` (privileged: SAGE hints)
+  hints    - gold SAGE hints as JSON, three levels written from the correct steps without stating the answer; they
+             teach the tiny model to write and use hints in a warm start (`warm_start.hints_column`)
 
-`sloppy_fraction` makes that fraction of the *solutions* come from a sloppy teacher who forgets carries and
-borrows (so its worked answer is wrong whenever one occurs); `answer` always stays the true result. A model
-warm-started on such demonstrations imitates the mistake, and RL against the verifier can unlearn it: the
-quickstart uses this to show GRPO improving on imperfect supervision.
+  demonstration - the worked solution an imperfect teacher wrote: with probability `sloppy_fraction` it forgets
+             carries and borrows (its worked answer is then wrong whenever one occurs), otherwise it is `solution`
+
+A model warm-started on sloppy demonstrations imitates the mistake, and RL against the verifier (`answer` is always
+the true result) can unlearn it: the quickstart uses this to show GRPO improving on imperfect supervision. The
+privileged `solution` SAGE writes hints from is always correct.
 """
 
 from __future__ import annotations
 
+import json
 import random
 
 OPERATORS = ("+", "-")
@@ -57,21 +62,35 @@ def subtraction_steps(a: int, b: int, forget_borrows: bool = False) -> tuple[lis
     return steps, result
 
 
-def arithmetic_row(a: int, op: str, b: int, sloppy: bool = False) -> dict:
-    """One problem; `sloppy` writes the solution as a teacher who forgets carries/borrows (answer stays true)."""
-    if op == "+":
-        answer = a + b
-        steps, worked = addition_steps(a, b, forget_carries=sloppy)
-    elif op == "-":
-        if a < b:
-            a, b = b, a
-        answer = a - b
-        steps, worked = subtraction_steps(a, b, forget_borrows=sloppy)
+def gold_hints(op: str, steps: list[str]) -> str:
+    """Three progressive hints as SAGE's JSON: the method, the first column, every column but the last."""
+    method = ("Add columns right to left, carrying 1 when a sum exceeds 9." if op == "+"
+              else "Subtract columns right to left, borrowing 1 when the top digit is smaller.")
+    if len(steps) > 1:
+        first = f"Ones column: {steps[0]}."
+        most = f"Columns: {'; '.join(steps[:-1])}; then finish the last column."
     else:
+        first = most = "There is a single column; work it out."
+    return json.dumps({"level_1": method, "level_2": first, "level_3": most})
+
+
+def arithmetic_row(a: int, op: str, b: int, sloppy: bool = False) -> dict:
+    """One problem; `sloppy` writes the demonstration as a teacher who forgets carries/borrows."""
+    if op not in OPERATORS:
         raise ValueError(f"Unsupported operator '{op}'; choose from {OPERATORS}.")
-    question = f"Compute {a}{op}{b}."
-    solution = "; ".join(steps) + f". Answer: \\boxed{{{worked}}}"
-    return {"prompt": [{"role": "user", "content": question}], "answer": str(answer), "solution": solution}
+    if op == "-" and a < b:
+        a, b = b, a
+    method = addition_steps if op == "+" else subtraction_steps
+
+    def worked(careless: bool) -> tuple[str, list[str]]:
+        steps, result = method(a, b, careless)
+        return "; ".join(steps) + f". Answer: \\boxed{{{result}}}", steps
+
+    solution, steps = worked(False)
+    answer = a + b if op == "+" else a - b
+    return {"prompt": [{"role": "user", "content": f"Compute {a}{op}{b}."}], "answer": str(answer),
+            "solution": solution, "demonstration": worked(True)[0] if sloppy else solution,
+            "hints": gold_hints(op, steps)}
 
 
 def arithmetic(num_rows: int, *, digits: int = 2, operators: tuple[str, ...] = ("+",), seed: int = 0,

@@ -23,7 +23,7 @@ from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
 from align.config import GRPOAlgorithmConfig
-from align.rollout import group_stats
+from align.rollout import combine_rewards, group_stats
 from align.timing import PhaseTimer
 
 
@@ -41,6 +41,9 @@ class _StepBoundaries(TrainerCallback):
 
 
 class AlignGRPOTrainer(GRPOTrainer):
+    # Timed phases inside the rollout; a subclass that adds one (SAGE's hint generation) extends this tuple.
+    _rollout_phases: tuple[str, ...] = ("generation", "reward", "ref_logprobs")
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._phases = PhaseTimer()
@@ -75,26 +78,28 @@ class AlignGRPOTrainer(GRPOTrainer):
                                     num_items_in_batch=num_items_in_batch)
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
-        with self._phases("reward"):
-            rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        rewards_per_func = self._rewards_per_func(inputs, prompts, completions, completion_ids_list)
         # Group statistics describe the raw task reward: TRL's weighted nansum over sources, NaN where every source
         # returned None (also under multi_objective_aggregation=normalize_then_sum, which only changes advantages).
-        weights = self.reward_weights.to(rewards_per_func.device)
-        rewards = (rewards_per_func * weights).nansum(dim=1)
-        rewards[torch.isnan(rewards_per_func).all(dim=1)] = torch.nan
+        rewards = combine_rewards(rewards_per_func, self.reward_weights)
         group_size = self.num_generations if self._mode == "train" else self.num_generations_eval
         for name, value in group_stats(rewards, group_size).metrics().items():
             self._metrics[self._mode][f"groups/{name}"].append(value)
         return rewards_per_func
 
+    def _rewards_per_func(self, inputs, prompts, completions, completion_ids_list) -> torch.Tensor:
+        """Rewards of every process's completions, shape (total, num_sources): TRL's scoring, timed."""
+        with self._phases("reward"):
+            return super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+
     def _record_step_timing(self) -> None:
         seconds = self._phases.finish_step()
         rollout = seconds.pop("rollout", 0.0)
-        inner = sum(seconds.get(k, 0.0) for k in ("generation", "reward", "ref_logprobs"))
+        inner = sum(seconds.get(k, 0.0) for k in self._rollout_phases)
         seconds["other"] = max(rollout - inner, 0.0)
         seconds["update"] = max(seconds["step"] - rollout, 0.0)
         metrics = self._metrics["train"]
-        for phase in ("generation", "reward", "ref_logprobs", "other", "update", "step"):
+        for phase in (*self._rollout_phases, "other", "update", "step"):
             metrics[f"timing/{phase}_s"].append(seconds.get(phase, 0.0))
         local = torch.as_tensor(self._step_tokens, dtype=torch.float32, device=self.accelerator.device)
         tokens = self.accelerator.reduce(local, reduction="sum").item()  # every rank reaches on_step_end

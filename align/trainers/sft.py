@@ -17,10 +17,14 @@ def to_prompt_completion(dataset: Dataset, completion_column: str) -> Dataset:
     return dataset.map(convert, remove_columns=dataset.column_names)
 
 
-def build_sft_trainer(model, tokenizer, train_dataset: Dataset, completion_column: str, max_length: int,
+def build_sft_trainer(model, tokenizer, train_dataset: Dataset, completion_column: str | None, max_length: int,
                       common_args: dict, trl_overrides: dict | None = None, callbacks=None,
                       peft_config=None) -> SFTTrainer:
+    """SFT on `completion_column` of `train_dataset`; `completion_column=None`: the rows already are
+    prompt/completion chats."""
+    if completion_column is not None:
+        train_dataset = to_prompt_completion(train_dataset, completion_column)
     args = SFTConfig(**{**common_args, "max_length": max_length, "completion_only_loss": True,
                         "remove_unused_columns": True, **(trl_overrides or {})})
-    return SFTTrainer(model=model, args=args, train_dataset=to_prompt_completion(train_dataset, completion_column),
+    return SFTTrainer(model=model, args=args, train_dataset=train_dataset,
                       processing_class=tokenizer, callbacks=callbacks, peft_config=peft_config)

@@ -1,0 +1,606 @@
+"""SAGE and SAGE-LIGHT: GRPO whose collapsed groups are re-rolled with hints the policy writes itself.
+
+Liao et al., "Self-Hinting Language Models Enhance Reinforcement Learning" (arXiv 2602.03143); the method as
+implemented is specified in specs/sage.md and explained for users in docs/sage.md.
+
+Under a sparse reward most groups score all 0, their group-normalised advantages vanish and GRPO learns nothing
+from them. SAGE asks the *current* policy to write three progressive hints from the question and the privileged
+reference solution, re-rolls the collapsed group with the hint in its prompt, and trains on the hinted group. The
+reward never sees the hint; evaluation never uses one.
+
+Layout: pure functions first (hint parsing, leak filter, collapse test, escalation, SAGE-LIGHT level rule, prompt
+building, per-prompt state), then the trainer, which overrides only TRL's `_generate` (the rollout) and the reward
+hook, so TRL's own code pads the batch and computes the old / reference log-probs and the loss on the prompt ids
+the rollout returns: the *hinted* ones.
+
+Decisions the spec leaves open:
+- A group is collapsed when no completion scores above `success_threshold` (trigger `no_success`). Under trigger
+  `zero_variance` a group with identical rewards is collapsed unless every completion succeeded (all-correct groups
+  are never hinted).
+- A hint is usable only when all three levels parse as non-empty strings. Unparsable or leaking hints are retried
+  `hint.retries` times; the first attempt uses `hint.temperature` (greedy by default), retries sample at
+  `hint.retry_temperature` because a greedy retry would repeat itself. A leaking hint (any level contains the
+  verifier's answer as a whole token, whitespace ignored; a `\\boxed{}` answer is compared by its content) is
+  discarded whole.
+- Each rank hints and re-rolls the groups it holds, so a process's generation batch must hold whole groups
+  (checked by config validation). Every generation round is collective: ranks with nothing to do generate for a
+  filler prompt (discarded), so ZeRO-3's gathered weights, synced generation and vLLM server mode see the same
+  number of calls with the same number of prompts on every rank.
+- A prompt counts as solved once any completion that entered the loss (hinted or not) succeeded; the
+  never-solved fraction is over the distinct prompts trained on so far.
+- SAGE-LIGHT: a prompt with a reference solution whose fresh hint fails and that has no earlier good hint is rolled
+  out without a hint that step (logged as level 0); its level still updates from the group's success rate.
+- Rewards are scored once per completion: the rollout keeps the rewards it computed for the final groups and hands
+  them to TRL's advantage computation instead of letting TRL score the batch again.
+- TRL's `completions/*` length metrics describe the probe rollout (SAGE) or the hinted rollout (SAGE-LIGHT); the
+  `sage/*` metrics describe the groups that entered the loss.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import os
+import random
+import re
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from transformers import GenerationConfig
+from trl.data_utils import is_conversational
+
+from align.config import HintConfig, SAGEAlgorithmConfig
+from align.rewards.verifiers import extract_boxed
+from align.rollout import GroupStats, combine_rewards, group_stats
+from align.trainers.grpo import AlignGRPOTrainer, grpo_config
+
+LEVELS = (1, 2, 3)
+MAX_LEVEL = LEVELS[-1]
+STATE_FILE = "sage_state.json"
+
+# --------------------------------------------------------------------------------------------------------------------
+# Hint text
+
+
+_FENCE = re.compile(r"```[a-zA-Z]*\s*(.*?)```", re.DOTALL)
+_TRAILING_COMMA = re.compile(r",\s*([}\]])")
+_FIELD = re.compile(r"\{(question|solution|hint)\}")
+
+
+def fill(template: str, **values: str) -> str:
+    """Substitute `{question}`, `{solution}`, `{hint}` in one pass; other braces (JSON, LaTeX) are left alone."""
+    return _FIELD.sub(lambda m: values[m.group(1)] if m.group(1) in values else m.group(0), template)
+
+
+def _loads_tolerant(text: str):
+    """JSON, or JSON with trailing commas, or a Python literal (single quotes); None when none of them parse."""
+    without_commas = _TRAILING_COMMA.sub(r"\1", text)
+    for candidate in (text, without_commas):
+        try:
+            return json.loads(candidate)
+        except json.JSONDecodeError:
+            pass
+    try:
+        return ast.literal_eval(without_commas)  # literals only: never evaluates code
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return None
+
+
+def parse_hints(text: str) -> list[str] | None:
+    """The three hint levels of a hint writer's reply, or None when they cannot all be recovered.
+
+    Accepts the JSON object `{"level_1": ..., "level_2": ..., "level_3": ...}` inside code fences or surrounding
+    prose, with single quotes or trailing commas. Every level must be a non-empty string.
+    """
+    fenced = _FENCE.search(text)
+    body = fenced.group(1) if fenced else text
+    start, end = body.find("{"), body.rfind("}")
+    if start < 0 or end <= start:
+        return None
+    obj = _loads_tolerant(body[start:end + 1])
+    if not isinstance(obj, dict):
+        return None
+    levels = [obj.get(f"level_{level}") for level in LEVELS]
+    if not all(isinstance(v, str) and v.strip() for v in levels):
+        return None
+    return [v.strip() for v in levels]
+
+
+def _answer_target(answer: str) -> str:
+    return re.sub(r"\s+", "", extract_boxed(answer) or answer)
+
+
+def leaks_answer(levels: Sequence[str], answer: str | None) -> bool:
+    """Whether any hint level states `answer` as a whole token (whitespace ignored; "85" does not match "185")."""
+    target = _answer_target(answer or "")
+    if not target:
+        return False
+    spaced = r"\s*".join(re.escape(char) for char in target)
+    pattern = re.compile(r"(?<![0-9A-Za-z.])" + spaced + r"(?![0-9A-Za-z])")
+    return any(pattern.search(level) for level in levels)
+
+
+def question_text(prompt) -> str:
+    """The question a prompt asks: the last user message of a conversation, or the prompt string itself."""
+    if isinstance(prompt, str):
+        return prompt
+    return next(m["content"] for m in reversed(prompt) if m["role"] == "user")
+
+
+def with_hint(prompt, hint: str, solve_template: str):
+    """The prompt with its question replaced by `solve_template` (question + hint); other messages unchanged."""
+    if isinstance(prompt, str):
+        return fill(solve_template, question=prompt, hint=hint)
+    index = max(i for i, m in enumerate(prompt) if m["role"] == "user")
+    hinted = fill(solve_template, question=prompt[index]["content"], hint=hint)
+    return [*prompt[:index], {**prompt[index], "content": hinted}, *prompt[index + 1:]]
+
+
+def hint_request(prompt, solution: str, hint: HintConfig) -> list[dict]:
+    """The conversation that asks the policy for a hint JSON."""
+    messages = [{"role": "system", "content": hint.system_prompt}] if hint.system_prompt else []
+    user = fill(hint.user_template, question=question_text(prompt), solution=solution)
+    return [*messages, {"role": "user", "content": user}]
+
+
+def prompt_key(prompt) -> str:
+    """A stable identity for a prompt across epochs, shuffles, ranks and restarts."""
+    return hashlib.sha1(json.dumps(prompt, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Schedules
+
+
+def collapsed(stats: GroupStats, group_size: int, trigger: str = "no_success") -> torch.Tensor:
+    """Bool (num_groups,): groups SAGE hints. All-correct groups never are."""
+    if trigger == "no_success":
+        return stats.successes == 0
+    if trigger == "zero_variance":
+        return stats.zero_variance & (stats.successes < group_size)
+    raise ValueError(f"Unknown SAGE trigger '{trigger}'; choose no_success or zero_variance.")
+
+
+def escalate(groups: Sequence[int], roll: Callable[[list[int], int], list[bool]],
+             any_rank: Callable[[bool], bool] = bool) -> dict[int, int]:
+    """SAGE's escalation: re-roll `groups` at hint levels 1, 2, 3; a group stops at its first level with a success.
+
+    `roll(groups, level)` replaces each listed group whole with a fresh group rolled out under its level-`level`
+    hint and returns, per group, whether the new group has a success. Level 3 is final whatever its result.
+    `any_rank(local_pending)` says whether any process still has groups to re-roll: every process keeps calling
+    `roll` (possibly with no groups) while one does, so collective generation never deadlocks.
+    Returns the final level of every group in `groups`.
+    """
+    final: dict[int, int] = {}
+    pending = list(groups)
+    for level in LEVELS:
+        if not any_rank(bool(pending)):
+            break
+        solved = roll(pending, level)
+        final.update(dict.fromkeys(pending, level))
+        pending = [g for g, ok in zip(pending, solved, strict=True) if not ok]
+    return final
+
+
+def next_light_level(level: int, success_frac: float, rule: str = "paper", alpha: float = 0.35,
+                     low: float = 0.1) -> int:
+    """SAGE-LIGHT's level after a group at `level` succeeded on `success_frac` of its completions.
+
+    paper: p < alpha raises the level (capped at 3); it never decreases.
+    bidirectional: p <= low raises it; p > alpha lowers it (floored at 0).
+    """
+    if rule == "paper":
+        return min(level + 1, MAX_LEVEL) if success_frac < alpha else level
+    if rule == "bidirectional":
+        if success_frac <= low:
+            return min(level + 1, MAX_LEVEL)
+        if success_frac > alpha:
+            return max(level - 1, 0)
+        return level
+    raise ValueError(f"Unknown SAGE-LIGHT rule '{rule}'; choose paper or bidirectional.")
+
+
+@dataclass
+class HintState:
+    """Per-prompt training state, keyed by `prompt_key`; identical on every rank, saved with checkpoints.
+
+    levels      SAGE-LIGHT's current hint level per prompt (absent = 0, never seen)
+    last_hints  the last hint that parsed, per prompt (SAGE-LIGHT reuses it when a fresh one fails)
+    seen/solved prompts trained on so far, and those with at least one successful completion
+    """
+
+    levels: dict[str, int] = field(default_factory=dict)
+    last_hints: dict[str, list[str]] = field(default_factory=dict)
+    seen: set[str] = field(default_factory=set)
+    solved: set[str] = field(default_factory=set)
+
+    def update(self, key: str, *, solved: bool, level: int | None = None, hint: list[str] | None = None) -> None:
+        self.seen.add(key)
+        if solved:
+            self.solved.add(key)
+        if level is not None:
+            self.levels[key] = level
+        if hint is not None:
+            self.last_hints[key] = hint
+
+    def never_solved_frac(self) -> float:
+        return 1.0 - len(self.solved) / len(self.seen) if self.seen else 0.0
+
+    def state_dict(self) -> dict:
+        return {"levels": self.levels, "last_hints": self.last_hints,
+                "seen": sorted(self.seen), "solved": sorted(self.solved)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.levels = {k: int(v) for k, v in state["levels"].items()}
+        self.last_hints = {k: list(v) for k, v in state["last_hints"].items()}
+        self.seen, self.solved = set(state["seen"]), set(state["solved"])
+
+    def save(self, path: str) -> None:
+        """Atomic: a crash mid-write leaves the previous file (or none), never a truncated one."""
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.state_dict(), f)
+        os.replace(tmp, path)
+
+
+def hint_demonstrations(rows: Sequence[dict], hint: HintConfig, hints_column: str, seed: int = 0) -> list[dict]:
+    """SFT rows that teach a model SAGE's two skills, for rows whose `hints_column` holds gold hint JSON.
+
+    Per row: the hint request -> the gold JSON, and the question with a hint of a random level -> the reference
+    solution. Used by the warm start of the embedded recipes, whose tiny model has never seen a hint; real instruct
+    models write and use hints without it.
+    """
+    rng = random.Random(seed)
+    demos = []
+    for row in rows:
+        levels = parse_hints(row.get(hints_column) or "")
+        solution = row.get(hint.solution_column)
+        if levels is None or not solution:
+            continue
+        demos.append({"prompt": hint_request(row["prompt"], solution, hint),
+                      "completion": [{"role": "assistant", "content": row[hints_column]}]})
+        hinted = with_hint(row["prompt"], levels[rng.randrange(MAX_LEVEL)], hint.solve_template)
+        demos.append({"prompt": hinted, "completion": [{"role": "assistant", "content": solution}]})
+    return demos
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Trainer
+
+
+@dataclass
+class _Rollout:
+    """A process's rollout, G consecutive sequences per group; groups are replaced whole, never mixed."""
+
+    prompt_ids: list[list[int]]
+    completion_ids: list[list[int]]
+    completions: list
+    logprobs: list | None
+    rewards: torch.Tensor  # (n, num_reward_sources), unweighted
+
+    def group(self, g: int, size: int) -> slice:
+        return slice(g * size, (g + 1) * size)
+
+    def replace(self, g: int, other: _Rollout, h: int, size: int) -> None:
+        """Group g becomes group h of `other` (prompt ids, completions, sampling log-probs, rewards)."""
+        mine, theirs = self.group(g, size), self.group(h, size)
+        self.prompt_ids[mine] = other.prompt_ids[theirs]
+        self.completion_ids[mine] = other.completion_ids[theirs]
+        self.completions[mine] = other.completions[theirs]
+        if self.logprobs is not None:
+            self.logprobs[mine] = other.logprobs[theirs]
+        self.rewards[mine] = other.rewards[theirs]
+
+
+class AlignSAGETrainer(AlignGRPOTrainer):
+    """AlignGRPOTrainer whose training rollout applies the SAGE or SAGE-LIGHT schedule.
+
+    Adds every step: sage/collapsed_frac_before (SAGE) and sage/collapsed_frac_after, sage/hints_requested,
+    sage/hints_parsed, sage/hints_failed (unparsable attempts), sage/hints_leaked, sage/hints_reused (SAGE-LIGHT),
+    sage/level_{0,1,2,3}_frac (level each group was trained at), sage/never_solved_frac, sage/reward_before (SAGE,
+    the unhinted probe) and sage/reward_after, timing/hint_generation_s (hint writing and re-rolls).
+    Writes every usable hint to `<output_dir>/hints-rank<r>.jsonl`.
+    """
+
+    _rollout_phases = (*AlignGRPOTrainer._rollout_phases, "hint_generation")
+
+    def __init__(self, *args, sage: SAGEAlgorithmConfig, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.tools or self.rollout_func is not None or self.environment_factories is not None:
+            raise ValueError("SAGE rewrites the rollout itself; it cannot be combined with tools, environments or "
+                             "a rollout_func.")
+        self.sage = sage
+        self.hint_state = HintState()
+        self._rows: list[dict] | None = None  # the dataset rows of the rollout in progress
+        self._final_rewards: torch.Tensor | None = None
+
+    # --- TRL hooks -------------------------------------------------------------------------------------------------
+
+    def _generate_and_score_completions(self, inputs):
+        self._rows = inputs
+        try:
+            return super()._generate_and_score_completions(inputs)
+        finally:
+            self._rows, self._final_rewards = None, None
+
+    def _generate(self, prompts):
+        if not self.model.training or self._rows is None:  # evaluation never uses hints
+            return super()._generate(prompts)
+        if self.sage.schedule == "sage_light":
+            return self._light_rollout(prompts)
+        return self._sage_rollout(prompts)
+
+    def _rewards_per_func(self, inputs, prompts, completions, completion_ids_list) -> torch.Tensor:
+        if self._final_rewards is None:
+            return super()._rewards_per_func(inputs, prompts, completions, completion_ids_list)
+        local, self._final_rewards = self._final_rewards, None
+        return self.accelerator.gather(local)  # scored during the rollout, on the unhinted prompts
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:
+            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+            self.hint_state.save(os.path.join(folder, STATE_FILE))
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        super()._load_optimizer_and_scheduler(checkpoint)
+        path = os.path.join(checkpoint, STATE_FILE) if checkpoint else None
+        if path and os.path.exists(path):
+            with open(path) as f:
+                self.hint_state.load_state_dict(json.load(f))
+
+    # --- schedules -------------------------------------------------------------------------------------------------
+
+    def _sage_rollout(self, prompts):
+        """Probe unhinted; escalate collapsed groups with a reference solution through hint levels 1..3."""
+        G, cfg = self.num_generations, self.sage
+        prompt_ids, completion_ids, _, completions, logprobs, extra, images, tool_images = super()._generate(prompts)
+        rollout = _Rollout(list(prompt_ids), list(completion_ids), list(completions),
+                           None if logprobs is None else list(logprobs),
+                           self._score(self._rows, prompts, completions, completion_ids))
+        probe = self._group_stats(rollout)
+        collapsed_before = collapsed(probe, G, cfg.trigger)
+        counts = _new_counts()
+        candidates = [g for g in collapsed_before.nonzero().flatten().tolist() if self._solution(g)]
+        hints = self._write_hints(candidates, prompts, counts)
+
+        def roll(groups: list[int], level: int) -> list[bool]:
+            hinted = [with_hint(prompts[g * G], hints[g][level - 1], cfg.hint.solve_template) for g in groups]
+            new = self._hinted_groups(hinted, [g * G for g in groups], prompts)
+            for h, g in enumerate(groups):
+                rollout.replace(g, new, h, G)
+            return (self._group_stats(new).successes > 0).tolist()
+
+        levels = escalate(list(hints), roll, self._any_rank)
+        after = self._finish(prompts, rollout)
+        counts.update(collapsed_before=collapsed_before.sum().item(), reward_before=torch.nansum(probe.mean).item())
+        self._log_step(counts, after, levels)
+        self._write_hint_log(prompts, hints, levels)
+        return (rollout.prompt_ids, rollout.completion_ids, None, rollout.completions, rollout.logprobs, extra,
+                images, tool_images)
+
+    def _light_rollout(self, prompts):
+        """One group per prompt at its carried level with a fresh hint; update the level from the success rate."""
+        G, cfg, state = self.num_generations, self.sage, self.hint_state
+        keys = [prompt_key(prompts[g * G]) for g in range(len(prompts) // G)]
+        wanted = [g for g, key in enumerate(keys) if state.levels.get(key, 0) > 0 and self._solution(g)]
+        counts = _new_counts()
+        fresh = self._write_hints(wanted, prompts, counts)
+        hinted_prompts, levels, used = list(prompts), {}, {}
+        for g in wanted:
+            hint = fresh.get(g) or state.last_hints.get(keys[g])  # a failed parse reuses the last good hint
+            if hint is None:
+                continue
+            counts["hints_reused"] += g not in fresh
+            used[g], levels[g] = hint, state.levels[keys[g]]
+            hinted_prompts[g * G:(g + 1) * G] = [with_hint(prompts[g * G], hint[levels[g] - 1],
+                                                           cfg.hint.solve_template)] * G
+        prompt_ids, completion_ids, _, completions, logprobs, extra, images, tool_images = (
+            super()._generate(hinted_prompts))
+        rollout = _Rollout(prompt_ids, completion_ids, completions, logprobs,
+                           self._score(self._rows, prompts, completions, completion_ids))
+        after = self._finish(prompts, rollout, light_keys=keys, new_hints=fresh)
+        self._log_step(counts, after, levels)
+        self._write_hint_log(prompts, used, levels)
+        return prompt_ids, completion_ids, None, completions, logprobs, extra, images, tool_images
+
+    def _group_stats(self, rollout: _Rollout) -> GroupStats:
+        rewards = combine_rewards(rollout.rewards, self.reward_weights)
+        return group_stats(rewards, self.num_generations, self.sage.success_threshold)
+
+    def _finish(self, prompts, rollout: _Rollout, light_keys: list[str] | None = None,
+                new_hints: dict[int, list[str]] | None = None) -> GroupStats:
+        """Keep the final rewards for TRL's advantages and update the per-prompt state on every rank."""
+        G, cfg = self.num_generations, self.sage
+        self._final_rewards = rollout.rewards
+        after = self._group_stats(rollout)
+        updates = []
+        for g in range(len(prompts) // G):
+            update = {"key": light_keys[g] if light_keys else prompt_key(prompts[g * G]),
+                      "solved": bool(after.successes[g] > 0)}
+            if light_keys is not None:  # SAGE-LIGHT's level rule, and the hint to fall back on next time
+                level = self.hint_state.levels.get(update["key"], 0)
+                update["level"] = next_light_level(level, after.successes[g].item() / G, cfg.light_rule,
+                                                   cfg.light_alpha, cfg.light_low)
+                update["hint"] = (new_hints or {}).get(g)
+            updates.append(update)
+        for rank_updates in _gather_object(self.accelerator, updates):
+            for update in rank_updates:
+                self.hint_state.update(update.pop("key"), **update)
+        return after
+
+    def _log_step(self, counts: dict, after: GroupStats, levels: dict[int, int]) -> None:
+        """Sum this step's counts over ranks and log the `sage/*` metrics."""
+        G = self.num_generations
+        final_levels = torch.tensor([levels.get(g, 0) for g in range(len(after.successes))])
+        counts.update(groups=len(after.successes), collapsed_after=collapsed(after, G, self.sage.trigger).sum().item(),
+                      reward_after=torch.nansum(after.mean).item(),
+                      **{f"level_{lv}": (final_levels == lv).sum().item() for lv in (0, *LEVELS)})
+        names = sorted(counts)
+        local = torch.tensor([float(counts[n]) for n in names], device=self.accelerator.device)
+        total = dict(zip(names, self.accelerator.reduce(local, reduction="sum").tolist(), strict=True))
+        groups, metrics = max(total["groups"], 1.0), self._metrics["train"]
+        for name in ("hints_requested", "hints_parsed", "hints_failed", "hints_leaked"):
+            metrics[f"sage/{name}"].append(total[name])
+        if self.sage.schedule == "sage_light":
+            metrics["sage/hints_reused"].append(total["hints_reused"])
+        else:
+            metrics["sage/collapsed_frac_before"].append(total["collapsed_before"] / groups)
+            metrics["sage/reward_before"].append(total["reward_before"] / groups)
+        metrics["sage/collapsed_frac_after"].append(total["collapsed_after"] / groups)
+        metrics["sage/reward_after"].append(total["reward_after"] / groups)
+        for lv in (0, *LEVELS):
+            metrics[f"sage/level_{lv}_frac"].append(total[f"level_{lv}"] / groups)
+        metrics["sage/never_solved_frac"].append(self.hint_state.never_solved_frac())
+
+    # --- hints and collective generation ----------------------------------------------------------------------------
+
+    def _solution(self, g: int) -> str | None:
+        return self._rows[g * self.num_generations].get(self.sage.hint.solution_column) or None
+
+    def _write_hints(self, groups: list[int], prompts, counts: dict) -> dict[int, list[str]]:
+        """Ask the policy for hints for `groups`; returns the usable ones. Collective: every rank must call it."""
+        G, cfg = self.num_generations, self.sage.hint
+        requests = {g: hint_request(prompts[g * G], self._solution(g), cfg) for g in groups}
+        counts["hints_requested"] += len(groups)
+        hints, pending = {}, list(groups)
+        for attempt in range(1 + cfg.retries):
+            if not self._any_rank(bool(pending)):
+                break
+            temperature = cfg.temperature if attempt == 0 else cfg.retry_temperature
+            with self._decoding(temperature, cfg.max_tokens):
+                _, completion_ids, _ = self._padded_generate([requests[g] for g in pending], num_generations=1)
+            texts = self.processing_class.batch_decode(completion_ids[:len(pending)], skip_special_tokens=True)
+            retry = []
+            for g, text in zip(pending, texts, strict=True):
+                levels = parse_hints(text)
+                if levels is None:
+                    counts["hints_failed"] += 1
+                    retry.append(g)
+                elif cfg.leak_filter and leaks_answer(levels, self._rows[g * G].get("answer")):
+                    counts["hints_leaked"] += 1
+                    retry.append(g)
+                else:
+                    hints[g] = levels
+            pending = retry
+        counts["hints_parsed"] += len(hints)
+        return hints
+
+    def _hinted_groups(self, hinted: list, starts: list[int], prompts) -> _Rollout:
+        """Roll out a group of G for each hinted prompt and score it against its original, unhinted prompt.
+
+        `starts[i]` is the batch index where hinted prompt i's group begins (its dataset row and original prompt).
+        """
+        G = self.num_generations
+        messages = [p for p in hinted for _ in range(G)]
+        prompt_ids, completion_ids, logprobs = self._padded_generate(messages, G)
+        # Filler rows (other ranks had more groups) are scored against row 0 too, so every rank's reward call has
+        # the same size, and then dropped.
+        index = [s + j for s in starts for j in range(G)]
+        index += [0] * (len(completion_ids) - len(index))
+        originals = [prompts[i] for i in index]
+        completions = self._decode(originals, completion_ids)
+        rewards = self._score([self._rows[i] for i in index], originals, completions, completion_ids)
+        n = len(messages)
+        return _Rollout(prompt_ids[:n], completion_ids[:n], completions[:n],
+                        None if logprobs is None else logprobs[:n], rewards[:n])
+
+    def _padded_generate(self, messages: list, num_generations: int) -> tuple[list, list, list | None]:
+        """Tokenize and generate for `messages`, padded with filler prompts to the same count on every rank.
+
+        Returns (prompt_ids, completion_ids, sampling logprobs) for the padded list: the caller's messages first.
+        The filler is repeated in whole groups of `num_generations`, so vLLM server mode's per-group dedup holds.
+        """
+        width = self._max_over_ranks(len(messages))
+        if width == 0:
+            return [], [], None
+        filler = messages[0] if messages else self._rows[0]["prompt"]
+        prompt_ids, _, _ = self._tokenize_prompts(messages + [filler] * (width - len(messages)))
+        with self._phases("hint_generation"):
+            completion_ids, logprobs = self._generate_single_turn(prompt_ids, None, {}, num_generations)
+        return list(prompt_ids), list(completion_ids), None if logprobs is None else list(logprobs)
+
+    def _any_rank(self, flag: bool) -> bool:
+        return self._max_over_ranks(int(flag)) > 0
+
+    def _max_over_ranks(self, value: int) -> int:
+        local = torch.tensor(value, device=self.accelerator.device)
+        return int(self.accelerator.reduce(local, reduction="max").item())
+
+    @contextmanager
+    def _decoding(self, temperature: float, max_tokens: int):
+        """Temporarily decode with `temperature` (0 = greedy) and `max_tokens`, on whichever backend generates."""
+        if self.use_vllm:
+            backend = self.vllm_generation
+            saved = backend.temperature, backend.max_completion_length
+            backend.temperature, backend.max_completion_length = temperature, max_tokens
+            try:
+                yield
+            finally:
+                backend.temperature, backend.max_completion_length = saved
+            return
+        saved = self.generation_config, self.generation_kwargs
+        kwargs = {**self.generation_kwargs, "max_new_tokens": max_tokens}
+        if temperature == 0:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None, min_p=None)
+        else:
+            kwargs.update(do_sample=True, temperature=temperature)
+        self.generation_kwargs = kwargs
+        self.generation_config = GenerationConfig(**kwargs, disable_compile=True)
+        try:
+            yield
+        finally:
+            self.generation_config, self.generation_kwargs = saved
+
+    def _decode(self, prompts, completion_ids) -> list:
+        texts = self.processing_class.batch_decode(completion_ids, skip_special_tokens=True)
+        if prompts and is_conversational({"prompt": prompts[0]}):
+            return [[{"role": "assistant", "content": t}] for t in texts]
+        return texts
+
+    def _score(self, rows, prompts, completions, completion_ids) -> torch.Tensor:
+        """This rank's rewards (n, num_sources) for `completions`, by TRL's scoring against the original prompts.
+
+        Collective (TRL gathers the scores): every rank calls it with the same n.
+        """
+        n = len(completions)
+        gathered = super()._rewards_per_func(rows, prompts, completions, completion_ids)
+        rank = self.accelerator.process_index
+        return gathered[rank * n:(rank + 1) * n].clone()
+
+    def _write_hint_log(self, prompts, hints: dict[int, list[str]], levels: dict[int, int]) -> None:
+        """Append the hints this rank used to `<output_dir>/hints-rank<r>.jsonl` (for inspection; not state)."""
+        if not hints:
+            return
+        G = self.num_generations
+        os.makedirs(self.args.output_dir, exist_ok=True)
+        path = os.path.join(self.args.output_dir, f"hints-rank{self.accelerator.process_index}.jsonl")
+        with open(path, "a") as f:
+            for g, hint in hints.items():
+                f.write(json.dumps({"step": self.state.global_step, "question": question_text(prompts[g * G]),
+                                    "hint": hint, "level": levels.get(g, 0)}) + "\n")
+
+
+def _new_counts() -> dict[str, float]:
+    return dict.fromkeys(("hints_requested", "hints_parsed", "hints_failed", "hints_leaked", "hints_reused"), 0)
+
+
+def _gather_object(accelerator, obj) -> list:
+    """`obj` from every rank, in rank order."""
+    if accelerator.num_processes == 1:
+        return [obj]
+    from accelerate.utils import gather_object
+
+    return gather_object([obj])
+
+
+def build_sage_trainer(model, tokenizer, train_dataset, rewards: list, weights: list[float],
+                       algo: SAGEAlgorithmConfig, common_args: dict, *, log_completions: bool = False,
+                       trust_remote_code: bool = False, peft_config=None) -> AlignSAGETrainer:
+    args = grpo_config(algo, common_args, weights, log_completions=log_completions,
+                       trust_remote_code=trust_remote_code)
+    return AlignSAGETrainer(model=model, reward_funcs=rewards, args=args, train_dataset=train_dataset,
+                            processing_class=tokenizer, peft_config=peft_config, sage=algo)

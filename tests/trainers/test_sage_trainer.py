@@ -1,0 +1,196 @@
+"""SAGE and SAGE-LIGHT on the tiny model: the real trainer, hints written by the policy itself.
+
+A session fixture warm-starts the tiny model (through `align.train`, warm_start.hints_column) on rows whose gold
+hint is always the same JSON, so after a few dozen SFT steps the policy writes that hint greedily. A reward that
+never succeeds then collapses every group, which makes the schedule's behaviour exact: SAGE escalates every group
+to level 3, SAGE-LIGHT raises every level by one per epoch.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from transformers import TrainerCallback
+
+from align.config import RewardSourceConfig, SAGEAlgorithmConfig
+from align.data import rows_to_dataset
+from align.data.synthetic import arithmetic
+from align.trainers.sage import STATE_FILE, build_sage_trainer, parse_hints, prompt_key
+from tests.conftest import compose
+
+HINT = {"level_1": "one", "level_2": "two", "level_3": "three"}
+TEMPLATES = [
+    "algorithm.hint.system_prompt=null",
+    "algorithm.hint.user_template='Hints for: {question}\nSolution: {solution}'",
+    "algorithm.hint.solve_template='{question}\nHint: {hint}'",
+    "algorithm.hint.max_tokens=64",
+]
+
+
+def sage_rows(n: int, seed: int = 0) -> list[dict]:
+    rows = arithmetic(n, digits=2, seed=seed)
+    return [{**r, "hints": json.dumps(HINT)} for r in rows]
+
+
+@pytest.fixture(scope="session")
+def hint_writer(tmp_path_factory) -> str:
+    """A tiny policy warm-started to write the constant hint JSON; also runs one SAGE step end to end."""
+    from align.train import run
+
+    root = tmp_path_factory.mktemp("hint-writer")
+    data = root / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in sage_rows(64)))
+    cfg = compose(["algorithm=sage", "model=tiny", f"data.source={data}", "reward.sources=[{name: boxed_match}]",
+                   "trainer=cpu", f"trainer.output_dir={root / 'run'}", "trainer.max_steps=1",
+                   "trainer.per_device_train_batch_size=8", "algorithm.num_generations=4",
+                   "algorithm.max_completion_length=16", "warm_start.max_steps=60", "warm_start.learning_rate=3e-3",
+                   "warm_start.per_device_train_batch_size=16", "warm_start.hints_column=hints", "eval.enabled=false",
+                   *TEMPLATES])
+    run(cfg)
+    return str(root / "run" / "warm_start" / "final")
+
+
+def make_trainer(model_path: str, out, *, schedule="sage", reward="tests.trainers.sage_rewards:never",
+                 rows=None, max_steps=2, save_steps=0, **algo_overrides):
+    from align.models import load_causal_lm, load_tokenizer
+    from align.rewards import build_reward_sources
+    from align.trainers.common import training_arguments
+
+    cfg = compose(["algorithm=sage", "trainer=cpu", f"trainer.output_dir={out}", f"trainer.max_steps={max_steps}",
+                   "trainer.per_device_train_batch_size=8", f"trainer.save_steps={save_steps}", "trainer.seed=0",
+                   "algorithm.num_generations=4", "algorithm.max_completion_length=16", *TEMPLATES])
+    config = OmegaConf.to_object(cfg)
+    algo: SAGEAlgorithmConfig = config.algorithm
+    algo.schedule = schedule
+    for key, value in algo_overrides.items():
+        setattr(algo, key, value)
+    rewards, weights = build_reward_sources([RewardSourceConfig(name=reward)])
+    tokenizer = load_tokenizer(model_path)
+    model = load_causal_lm(model_path)
+    common = training_arguments(config, out, [], "sage-test")
+    dataset = rows_to_dataset(rows if rows is not None else sage_rows(16, seed=1))
+    return build_sage_trainer(model, tokenizer, dataset, rewards, weights, algo, common)
+
+
+def logged(trainer, key: str) -> list[float]:
+    return [entry[key] for entry in trainer.state.log_history if key in entry]
+
+
+def test_policy_writes_the_hint_it_was_taught(hint_writer, tmp_path):
+    trainer = make_trainer(hint_writer, tmp_path / "run")
+    trainer._rows = [{"prompt": [{"role": "user", "content": "Compute 12+34."}], "solution": "2+4=6; 1+3=4. "
+                      "Answer: \\boxed{46}", "answer": "46"}] * 4
+    counts = dict.fromkeys(("hints_requested", "hints_parsed", "hints_failed", "hints_leaked"), 0)
+    hints = trainer._write_hints([0], [r["prompt"] for r in trainer._rows], counts)
+    assert hints == {0: ["one", "two", "three"]}, counts
+    assert counts == {"hints_requested": 1, "hints_parsed": 1, "hints_failed": 0, "hints_leaked": 0}
+
+
+def test_sage_escalates_collapsed_groups_to_level_3_and_the_loss_sees_hinted_prompts(hint_writer, tmp_path):
+    trainer = make_trainer(hint_writer, tmp_path / "run")
+    seen = []
+    compute_loss = trainer.compute_loss
+
+    def spy(model, inputs, *args, **kwargs):
+        seen.append({k: v.detach().clone() for k, v in inputs.items() if isinstance(v, torch.Tensor)})
+        return compute_loss(model, inputs, *args, **kwargs)
+
+    trainer.compute_loss = spy
+    trainer.train()
+    assert len(seen) == 2
+    for batch in seen:
+        texts = trainer.processing_class.batch_decode(batch["prompt_ids"], skip_special_tokens=True)
+        # Every group collapsed and never recovered, so every group ends at level 3, whole: all 8 rows (2 groups
+        # of 4) carry the level-3 hint, which the policy wrote itself.
+        assert all("Hint: three" in t for t in texts), texts
+        assert batch["prompt_ids"].shape[0] == 8
+    assert logged(trainer, "sage/collapsed_frac_before") == [1.0, 1.0]
+    assert logged(trainer, "sage/collapsed_frac_after") == [1.0, 1.0]
+    assert logged(trainer, "sage/level_3_frac") == [1.0, 1.0]
+    assert logged(trainer, "sage/hints_requested") == [2.0, 2.0]
+    assert logged(trainer, "sage/hints_parsed") == [2.0, 2.0]
+    assert logged(trainer, "sage/never_solved_frac") == [1.0, 1.0]
+    assert all(t > 0 for t in logged(trainer, "timing/hint_generation_s"))
+    hints = [json.loads(line) for line in (tmp_path / "run" / "hints-rank0.jsonl").read_text().splitlines()]
+    assert len(hints) == 4 and all(h["hint"] == ["one", "two", "three"] and h["level"] == 3 for h in hints)
+
+
+def test_rewards_are_scored_on_the_unhinted_prompt(hint_writer, tmp_path):
+    """The reward sees the dataset's prompt, never the hinted one, and is called once per completion kept."""
+    import tests.trainers.sage_rewards as module
+
+    calls = []
+
+    def recording(prompts, completions, **kwargs):
+        calls.extend(p[-1]["content"] for p in prompts)
+        return [0.0] * len(completions)
+
+    module.recording = recording
+    try:
+        trainer = make_trainer(hint_writer, tmp_path / "run", reward="tests.trainers.sage_rewards:recording",
+                               max_steps=1)
+        trainer.train()
+    finally:
+        del module.recording
+    assert calls and not any("Hint:" in c for c in calls)
+    # probe (8) + three escalation rounds (8 each); TRL does not score the final batch again
+    assert len(calls) == 8 * 4
+
+
+def test_rows_without_a_reference_solution_are_never_hinted(hint_writer, tmp_path):
+    rows = sage_rows(16, seed=1)
+    for row in rows:
+        row["solution"] = ""
+    trainer = make_trainer(hint_writer, tmp_path / "run", rows=rows, max_steps=1)
+    trainer.train()
+    assert logged(trainer, "sage/hints_requested") == [0.0]
+    assert logged(trainer, "sage/level_0_frac") == [1.0]
+
+
+def light_run(hint_writer, out, max_steps, resume_from=None, save_steps=0, rule="paper"):
+    rows = sage_rows(4, seed=2)  # 4 prompts, 2 groups per step: an epoch every 2 steps
+    trainer = make_trainer(hint_writer, out, schedule="sage_light", rows=rows, max_steps=max_steps,
+                           save_steps=save_steps, light_rule=rule)
+    restored = {}
+
+    class Capture(TrainerCallback):
+        def on_train_begin(self, *args, **kwargs):
+            restored.update(trainer.hint_state.state_dict())
+
+    trainer.add_callback(Capture())
+    trainer.train(resume_from_checkpoint=resume_from)
+    return trainer, restored, [prompt_key(r["prompt"]) for r in rows]
+
+
+def test_sage_light_raises_levels_per_epoch_and_resumes_its_level_map(hint_writer, tmp_path):
+    full, _, keys = light_run(hint_writer, tmp_path / "full", max_steps=4, save_steps=2)
+    # epoch 1: level 0 for all, p = 0 < alpha -> 1; epoch 2: hinted at level 1, p = 0 -> 2
+    assert full.hint_state.levels == dict.fromkeys(keys, 2)
+    assert logged(full, "sage/level_0_frac") == [1.0, 1.0, 0.0, 0.0]
+    assert logged(full, "sage/level_1_frac") == [0.0, 0.0, 1.0, 1.0]
+    assert logged(full, "sage/hints_requested") == [0.0, 0.0, 2.0, 2.0]
+    assert set(full.hint_state.last_hints) == set(keys)
+
+    saved = json.loads((tmp_path / "full" / "checkpoint-2" / STATE_FILE).read_text())
+    assert saved["levels"] == dict.fromkeys(keys, 1)
+    resumed, restored, _ = light_run(hint_writer, tmp_path / "full", max_steps=4,
+                                     resume_from=str(tmp_path / "full" / "checkpoint-2"))
+    assert restored["levels"] == saved["levels"]
+    assert resumed.hint_state.levels == full.hint_state.levels
+    assert logged(resumed, "sage/level_1_frac")[-2:] == [1.0, 1.0]
+
+
+def test_sage_light_bidirectional_rule_lowers_levels_of_solved_prompts(hint_writer, tmp_path):
+    rows = sage_rows(4, seed=2)
+    trainer = make_trainer(hint_writer, tmp_path / "run", schedule="sage_light", rows=rows, max_steps=2,
+                           reward="tests.trainers.sage_rewards:always", light_rule="bidirectional")
+    for row in rows:
+        trainer.hint_state.levels[prompt_key(row["prompt"])] = 2
+    trainer.train()
+    # every group succeeds (p = 1 > alpha): each level drops by one
+    assert trainer.hint_state.levels == {prompt_key(r["prompt"]): 1 for r in rows}
+    assert logged(trainer, "sage/level_2_frac") == [1.0, 1.0]
+    assert parse_hints(json.dumps(HINT)) == ["one", "two", "three"]
