@@ -144,6 +144,7 @@ class HintConfig:
     retries: int = 3
     max_tokens: int = 512
     leak_filter: bool = True  # drop hints that contain the verifier's answer string
+    answer_column: str = "answer"  # what the leak filter looks for
 
 
 @dataclass

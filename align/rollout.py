@@ -7,7 +7,10 @@ D+/D- split) starts from `group_stats`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
 
 import torch
 
@@ -54,3 +57,37 @@ def combine_rewards(rewards_per_func: torch.Tensor, weights: torch.Tensor) -> to
     rewards = (rewards_per_func * weights.to(rewards_per_func.device)).nansum(dim=1)
     rewards[torch.isnan(rewards_per_func).all(dim=1)] = torch.nan
     return rewards
+
+
+def prompt_key(prompt) -> str:
+    """A stable identity for a prompt (chat messages or text) across epochs, shuffles, ranks and restarts."""
+    return hashlib.sha1(json.dumps(prompt, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def save_json_atomic(obj, path: str) -> None:
+    """Write JSON so that a crash mid-write leaves the previous file (or none), never a truncated one."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f)
+    os.replace(tmp, path)
+
+
+@dataclass
+class SolvedPrompts:
+    """Which prompts training has seen, and which of them got at least one successful completion (by key)."""
+
+    seen: set[str] = field(default_factory=set)
+    solved: set[str] = field(default_factory=set)
+
+    def update(self, keys: list[str], solved: list[bool]) -> None:
+        self.seen.update(keys)
+        self.solved.update(k for k, ok in zip(keys, solved, strict=True) if ok)
+
+    def never_solved_frac(self) -> float:
+        return 1.0 - len(self.solved) / len(self.seen) if self.seen else 0.0
+
+    def state_dict(self) -> dict:
+        return {"seen": sorted(self.seen), "solved": sorted(self.solved)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.seen, self.solved = set(state["seen"]), set(state["solved"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -49,3 +50,43 @@ def tiny_run(tmp_path):
         "data.synthetic.num_eval=8",
         "eval.max_new_tokens=16",
     ]
+
+
+# --- SAGE: a tiny policy that writes hints ---------------------------------------------------------------------------
+
+HINT = {"level_1": "one", "level_2": "two", "level_3": "three"}
+SAGE_TEMPLATES = [
+    "algorithm.hint.system_prompt=null",
+    "algorithm.hint.user_template='Hints for: {question}\nSolution: {solution}'",
+    "algorithm.hint.solve_template='{question}\nHint: {hint}'",
+    "algorithm.hint.max_tokens=64",
+]
+
+
+def sage_rows(n: int, seed: int = 0) -> list[dict]:
+    """Synthetic 2-digit additions whose gold hint is always HINT."""
+    from align.data.synthetic import arithmetic
+
+    rows = arithmetic(n, digits=2, seed=seed)
+    return [{**r, "hints": json.dumps(HINT)} for r in rows]
+
+
+@pytest.fixture(scope="session")
+def hint_writer(tmp_path_factory) -> str:
+    """A tiny policy warm-started (through `align.train`, warm_start.hints_column) to write HINT greedily; the run
+    also takes one SAGE step end to end. Returns the warm-started model's path."""
+    from align.train import run
+
+    root = tmp_path_factory.mktemp("hint-writer")
+    data = root / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in sage_rows(64)))
+    cfg = compose(["algorithm=sage", "model=tiny", f"data.source={data}", "reward.sources=[{name: boxed_match}]",
+                   "trainer=cpu", f"trainer.output_dir={root / 'run'}", "trainer.max_steps=1",
+                   "trainer.per_device_train_batch_size=8", "algorithm.num_generations=4",
+                   "algorithm.max_completion_length=16", "warm_start.max_steps=150", "warm_start.learning_rate=3e-3",
+                   "warm_start.per_device_train_batch_size=16", "warm_start.hints_column=hints", "eval.enabled=false",
+                   *SAGE_TEMPLATES])
+    run(cfg)
+    return str(root / "run" / "warm_start" / "final")
+
+

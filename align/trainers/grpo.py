@@ -6,6 +6,7 @@ The loss is TRL's, unchanged: `loss_type` grpo | dapo | dr_grpo | bnpo, and GSPO
   groups/zero_variance_frac  fraction of groups whose rewards are all equal (their advantages are all zero)
   groups/solved_frac         fraction of groups with at least one completion scoring > 0
   groups/within_group_std    mean within-group reward std
+  groups/never_solved_frac   distinct prompts trained on so far with no completion scoring > 0 yet (checkpointed)
   timing/{generation,reward,ref_logprobs,other,update,step}_s
                              wall time per phase; `ref_logprobs` is every no-grad log-prob forward (the reference
                              model, and the old policy when steps_per_generation > 1); `other` is the rest of the
@@ -18,12 +19,16 @@ next to TRL's own `reward`, `reward_std`, `rewards/<source>/mean`, `kl`, `entrop
 
 from __future__ import annotations
 
+import json
+import os
+
 import torch
+from accelerate.utils import gather_object
 from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
 from align.config import GRPOAlgorithmConfig
-from align.rollout import combine_rewards, group_stats
+from align.rollout import SolvedPrompts, combine_rewards, group_stats, prompt_key, save_json_atomic
 from align.timing import PhaseTimer
 
 
@@ -48,6 +53,7 @@ class AlignGRPOTrainer(GRPOTrainer):
         super().__init__(*args, **kwargs)
         self._phases = PhaseTimer()
         self._step_tokens = 0
+        self.solved_prompts = SolvedPrompts()
         self.add_callback(_StepBoundaries(self))
 
     @property
@@ -83,9 +89,41 @@ class AlignGRPOTrainer(GRPOTrainer):
         # returned None (also under multi_objective_aggregation=normalize_then_sum, which only changes advantages).
         rewards = combine_rewards(rewards_per_func, self.reward_weights)
         group_size = self.num_generations if self._mode == "train" else self.num_generations_eval
-        for name, value in group_stats(rewards, group_size).metrics().items():
+        stats = group_stats(rewards, group_size)
+        for name, value in stats.metrics().items():
             self._metrics[self._mode][f"groups/{name}"].append(value)
+        if self._mode == "train":
+            # Groups may straddle processes: key every completion, gather in the rewards' order, take each group's.
+            keys = [prompt_key(p) for p in prompts]
+            keys = gather_object(keys) if self.accelerator.num_processes > 1 else keys
+            self.solved_prompts.update(keys[::group_size], (stats.successes > 0).tolist())
+            self._metrics["train"]["groups/never_solved_frac"].append(self.solved_prompts.never_solved_frac())
         return rewards_per_func
+
+    # --- training state beyond TRL's: saved in every checkpoint, restored on resume -------------------------------
+
+    def _algorithm_state(self) -> dict[str, dict]:
+        """File name -> JSON state; subclasses add their own."""
+        return {"prompt_stats.json": self.solved_prompts.state_dict()}
+
+    def _load_algorithm_state(self, name: str, state: dict) -> None:
+        if name == "prompt_stats.json":
+            self.solved_prompts.load_state_dict(state)
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:
+            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+            for name, state in self._algorithm_state().items():
+                save_json_atomic(state, os.path.join(folder, name))
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        super()._load_optimizer_and_scheduler(checkpoint)
+        for name in self._algorithm_state() if checkpoint else ():
+            path = os.path.join(checkpoint, name)
+            if os.path.exists(path):
+                with open(path) as f:
+                    self._load_algorithm_state(name, json.load(f))
 
     def _rewards_per_func(self, inputs, prompts, completions, completion_ids_list) -> torch.Tensor:
         """Rewards of every process's completions, shape (total, num_sources): TRL's scoring, timed."""

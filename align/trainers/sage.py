@@ -26,8 +26,8 @@ Decisions the spec leaves open:
   (checked by config validation). Every generation round is collective: ranks with nothing to do generate for a
   filler prompt (discarded), so ZeRO-3's gathered weights, synced generation and vLLM server mode see the same
   number of calls with the same number of prompts on every rank.
-- A prompt counts as solved once any completion that entered the loss (hinted or not) succeeded; the
-  never-solved fraction is over the distinct prompts trained on so far.
+- A prompt counts as solved once any completion that entered the loss (hinted or not) succeeded: GRPO's
+  `groups/never_solved_frac` sees the final, replaced groups.
 - SAGE-LIGHT: a prompt with a reference solution whose fresh hint fails and that has no earlier good hint is rolled
   out without a hint that step (logged as level 0); its level still updates from the group's success rate.
 - Rewards are scored once per completion: the rollout keeps the rewards it computed for the final groups and hands
@@ -39,7 +39,6 @@ Decisions the spec leaves open:
 from __future__ import annotations
 
 import ast
-import hashlib
 import json
 import os
 import random
@@ -50,12 +49,16 @@ from dataclasses import dataclass, field
 
 import torch
 from transformers import GenerationConfig
+from transformers.utils import logging
+from trl.chat_template_utils import parse_response
 from trl.data_utils import is_conversational
 
 from align.config import HintConfig, SAGEAlgorithmConfig
 from align.rewards.verifiers import extract_boxed
-from align.rollout import GroupStats, combine_rewards, group_stats
+from align.rollout import GroupStats, combine_rewards, group_stats, prompt_key
 from align.trainers.grpo import AlignGRPOTrainer, grpo_config
+
+logger = logging.get_logger(__name__)
 
 LEVELS = (1, 2, 3)
 MAX_LEVEL = LEVELS[-1]
@@ -68,6 +71,10 @@ STATE_FILE = "sage_state.json"
 _FENCE = re.compile(r"```[a-zA-Z]*\s*(.*?)```", re.DOTALL)
 _TRAILING_COMMA = re.compile(r",\s*([}\]])")
 _FIELD = re.compile(r"\{(question|solution|hint)\}")
+# A LaTeX command written with a single backslash inside a JSON string ("\frac", "\times") would be read as a JSON
+# escape (form feed, tab, ...): such backslashes are doubled before a second parsing attempt.
+_LATEX_BACKSLASH = re.compile(r"(?<!\\)\\(?=[A-Za-z]{2,})")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f]")
 
 
 def fill(template: str, **values: str) -> str:
@@ -89,18 +96,7 @@ def _loads_tolerant(text: str):
         return None
 
 
-def parse_hints(text: str) -> list[str] | None:
-    """The three hint levels of a hint writer's reply, or None when they cannot all be recovered.
-
-    Accepts the JSON object `{"level_1": ..., "level_2": ..., "level_3": ...}` inside code fences or surrounding
-    prose, with single quotes or trailing commas. Every level must be a non-empty string.
-    """
-    fenced = _FENCE.search(text)
-    body = fenced.group(1) if fenced else text
-    start, end = body.find("{"), body.rfind("}")
-    if start < 0 or end <= start:
-        return None
-    obj = _loads_tolerant(body[start:end + 1])
+def _levels(obj) -> list[str] | None:
     if not isinstance(obj, dict):
         return None
     levels = [obj.get(f"level_{level}") for level in LEVELS]
@@ -109,13 +105,45 @@ def parse_hints(text: str) -> list[str] | None:
     return [v.strip() for v in levels]
 
 
+def _hint_object(text: str) -> list[str] | None:
+    """The hint levels of the object `text` opens with: strict JSON (trailing prose ignored), else a tolerant parse
+    up to the last "}"; single-backslash LaTeX is retried when JSON read it as escapes."""
+    fallback = None
+    for variant in (text, _LATEX_BACKSLASH.sub(r"\\\\", text)):
+        try:
+            levels = _levels(json.JSONDecoder().raw_decode(variant)[0])
+        except json.JSONDecodeError:
+            levels = _levels(_loads_tolerant(variant[:variant.rfind("}") + 1]))
+        if levels is not None and not any(_CONTROL.search(v) for v in levels):
+            return levels
+        fallback = fallback or levels
+    return fallback
+
+
+def parse_hints(text: str) -> list[str] | None:
+    """The three hint levels of a hint writer's reply, or None when they cannot all be recovered.
+
+    Accepts the JSON object `{"level_1": ..., "level_2": ..., "level_3": ...}` inside code fences or surrounding
+    prose (which may itself contain braces), with single quotes, trailing commas or single-backslash LaTeX. Every
+    level must be a non-empty string.
+    """
+    fenced = _FENCE.search(text)
+    body = fenced.group(1) if fenced else text
+    end = body.rfind("}")
+    for start in (i for i, char in enumerate(body) if char == "{" and i < end):
+        levels = _hint_object(body[start:])
+        if levels is not None:
+            return levels
+    return None
+
+
 def _answer_target(answer: str) -> str:
     return re.sub(r"\s+", "", extract_boxed(answer) or answer)
 
 
-def leaks_answer(levels: Sequence[str], answer: str | None) -> bool:
+def leaks_answer(levels: Sequence[str], answer) -> bool:
     """Whether any hint level states `answer` as a whole token (whitespace ignored; "85" does not match "185")."""
-    target = _answer_target(answer or "")
+    target = _answer_target("" if answer is None else str(answer))
     if not target:
         return False
     spaced = r"\s*".join(re.escape(char) for char in target)
@@ -144,11 +172,6 @@ def hint_request(prompt, solution: str, hint: HintConfig) -> list[dict]:
     messages = [{"role": "system", "content": hint.system_prompt}] if hint.system_prompt else []
     user = fill(hint.user_template, question=question_text(prompt), solution=solution)
     return [*messages, {"role": "user", "content": user}]
-
-
-def prompt_key(prompt) -> str:
-    """A stable identity for a prompt across epochs, shuffles, ranks and restarts."""
-    return hashlib.sha1(json.dumps(prompt, sort_keys=True).encode()).hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -205,45 +228,27 @@ def next_light_level(level: int, success_frac: float, rule: str = "paper", alpha
 
 @dataclass
 class HintState:
-    """Per-prompt training state, keyed by `prompt_key`; identical on every rank, saved with checkpoints.
+    """SAGE-LIGHT's per-prompt state, keyed by `prompt_key`; identical on every rank, saved with checkpoints.
 
-    levels      SAGE-LIGHT's current hint level per prompt (absent = 0, never seen)
-    last_hints  the last hint that parsed, per prompt (SAGE-LIGHT reuses it when a fresh one fails)
-    seen/solved prompts trained on so far, and those with at least one successful completion
+    levels      the current hint level per prompt (absent = 0: never seen)
+    last_hints  the last hint that parsed, per prompt (reused when a fresh one fails)
     """
 
     levels: dict[str, int] = field(default_factory=dict)
     last_hints: dict[str, list[str]] = field(default_factory=dict)
-    seen: set[str] = field(default_factory=set)
-    solved: set[str] = field(default_factory=set)
 
-    def update(self, key: str, *, solved: bool, level: int | None = None, hint: list[str] | None = None) -> None:
-        self.seen.add(key)
-        if solved:
-            self.solved.add(key)
-        if level is not None:
-            self.levels[key] = level
+    def update(self, key: str, level: int, hint: list[str] | None = None) -> None:
+        self.levels[key] = level
         if hint is not None:
             self.last_hints[key] = hint
 
-    def never_solved_frac(self) -> float:
-        return 1.0 - len(self.solved) / len(self.seen) if self.seen else 0.0
-
     def state_dict(self) -> dict:
-        return {"levels": self.levels, "last_hints": self.last_hints,
-                "seen": sorted(self.seen), "solved": sorted(self.solved)}
+        """A copy: later updates do not change it."""
+        return {"levels": dict(self.levels), "last_hints": {k: list(v) for k, v in self.last_hints.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         self.levels = {k: int(v) for k, v in state["levels"].items()}
         self.last_hints = {k: list(v) for k, v in state["last_hints"].items()}
-        self.seen, self.solved = set(state["seen"]), set(state["solved"])
-
-    def save(self, path: str) -> None:
-        """Atomic: a crash mid-write leaves the previous file (or none), never a truncated one."""
-        tmp = f"{path}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.state_dict(), f)
-        os.replace(tmp, path)
 
 
 def hint_demonstrations(rows: Sequence[dict], hint: HintConfig, hints_column: str, seed: int = 0) -> list[dict]:
@@ -300,8 +305,9 @@ class AlignSAGETrainer(AlignGRPOTrainer):
 
     Adds every step: sage/collapsed_frac_before (SAGE) and sage/collapsed_frac_after, sage/hints_requested,
     sage/hints_parsed, sage/hints_failed (unparsable attempts), sage/hints_leaked, sage/hints_reused (SAGE-LIGHT),
-    sage/level_{0,1,2,3}_frac (level each group was trained at), sage/never_solved_frac, sage/reward_before (SAGE,
-    the unhinted probe) and sage/reward_after, timing/hint_generation_s (hint writing and re-rolls).
+    sage/level_{0,1,2,3}_frac (level each group was trained at), sage/reward_before (SAGE, the unhinted probe) and
+    sage/reward_after, timing/hint_generation_s (hint writing and re-rolls); GRPO's groups/never_solved_frac counts
+    the final groups.
     Writes every usable hint to `<output_dir>/hints-rank<r>.jsonl`.
     """
 
@@ -309,13 +315,18 @@ class AlignSAGETrainer(AlignGRPOTrainer):
 
     def __init__(self, *args, sage: SAGEAlgorithmConfig, **kwargs):
         super().__init__(*args, **kwargs)
-        if self.tools or self.rollout_func is not None or self.environment_factories is not None:
-            raise ValueError("SAGE rewrites the rollout itself; it cannot be combined with tools, environments or "
-                             "a rollout_func.")
+        if self.tools or self.rollout_func is not None or self.environment_factories is not None or self._is_vlm:
+            raise ValueError("SAGE rewrites the rollout itself; it cannot be combined with tools, environments, "
+                             "a rollout_func or a vision-language model.")
+        local_batch = self.args.generation_batch_size // self.accelerator.num_processes
+        if local_batch % self.num_generations:
+            raise ValueError(f"SAGE re-rolls whole groups on the process that holds them: each process's generation "
+                             f"batch ({local_batch}) must be a multiple of num_generations ({self.num_generations}).")
         self.sage = sage
         self.hint_state = HintState()
         self._rows: list[dict] | None = None  # the dataset rows of the rollout in progress
         self._final_rewards: torch.Tensor | None = None
+        self._warned_reward_logs = False
 
     # --- TRL hooks -------------------------------------------------------------------------------------------------
 
@@ -339,18 +350,14 @@ class AlignSAGETrainer(AlignGRPOTrainer):
         local, self._final_rewards = self._final_rewards, None
         return self.accelerator.gather(local)  # scored during the rollout, on the unhinted prompts
 
-    def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
-        if self.args.should_save:
-            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
-            self.hint_state.save(os.path.join(folder, STATE_FILE))
+    def _algorithm_state(self) -> dict[str, dict]:
+        return {**super()._algorithm_state(), STATE_FILE: self.hint_state.state_dict()}
 
-    def _load_optimizer_and_scheduler(self, checkpoint):
-        super()._load_optimizer_and_scheduler(checkpoint)
-        path = os.path.join(checkpoint, STATE_FILE) if checkpoint else None
-        if path and os.path.exists(path):
-            with open(path) as f:
-                self.hint_state.load_state_dict(json.load(f))
+    def _load_algorithm_state(self, name: str, state: dict) -> None:
+        if name == STATE_FILE:
+            self.hint_state.load_state_dict(state)
+        else:
+            super()._load_algorithm_state(name, state)
 
     # --- schedules -------------------------------------------------------------------------------------------------
 
@@ -375,7 +382,7 @@ class AlignSAGETrainer(AlignGRPOTrainer):
             return (self._group_stats(new).successes > 0).tolist()
 
         levels = escalate(list(hints), roll, self._any_rank)
-        after = self._finish(prompts, rollout)
+        after = self._finish(rollout)
         counts.update(collapsed_before=collapsed_before.sum().item(), reward_before=torch.nansum(probe.mean).item())
         self._log_step(counts, after, levels)
         self._write_hint_log(prompts, hints, levels)
@@ -402,7 +409,7 @@ class AlignSAGETrainer(AlignGRPOTrainer):
             super()._generate(hinted_prompts))
         rollout = _Rollout(prompt_ids, completion_ids, completions, logprobs,
                            self._score(self._rows, prompts, completions, completion_ids))
-        after = self._finish(prompts, rollout, light_keys=keys, new_hints=fresh)
+        after = self._finish(rollout, light_keys=keys, new_hints=fresh)
         self._log_step(counts, after, levels)
         self._write_hint_log(prompts, used, levels)
         return prompt_ids, completion_ids, None, completions, logprobs, extra, images, tool_images
@@ -411,25 +418,22 @@ class AlignSAGETrainer(AlignGRPOTrainer):
         rewards = combine_rewards(rollout.rewards, self.reward_weights)
         return group_stats(rewards, self.num_generations, self.sage.success_threshold)
 
-    def _finish(self, prompts, rollout: _Rollout, light_keys: list[str] | None = None,
+    def _finish(self, rollout: _Rollout, light_keys: list[str] | None = None,
                 new_hints: dict[int, list[str]] | None = None) -> GroupStats:
-        """Keep the final rewards for TRL's advantages and update the per-prompt state on every rank."""
+        """Keep the final rewards for TRL's advantages; SAGE-LIGHT: update the level map on every rank."""
         G, cfg = self.num_generations, self.sage
         self._final_rewards = rollout.rewards
         after = self._group_stats(rollout)
+        if light_keys is None:
+            return after
         updates = []
-        for g in range(len(prompts) // G):
-            update = {"key": light_keys[g] if light_keys else prompt_key(prompts[g * G]),
-                      "solved": bool(after.successes[g] > 0)}
-            if light_keys is not None:  # SAGE-LIGHT's level rule, and the hint to fall back on next time
-                level = self.hint_state.levels.get(update["key"], 0)
-                update["level"] = next_light_level(level, after.successes[g].item() / G, cfg.light_rule,
-                                                   cfg.light_alpha, cfg.light_low)
-                update["hint"] = (new_hints or {}).get(g)
-            updates.append(update)
+        for g, key in enumerate(light_keys):
+            level = next_light_level(self.hint_state.levels.get(key, 0), after.successes[g].item() / G,
+                                     cfg.light_rule, cfg.light_alpha, cfg.light_low)
+            updates.append((key, level, (new_hints or {}).get(g)))
         for rank_updates in _gather_object(self.accelerator, updates):
-            for update in rank_updates:
-                self.hint_state.update(update.pop("key"), **update)
+            for key, level, hint in rank_updates:
+                self.hint_state.update(key, level, hint)
         return after
 
     def _log_step(self, counts: dict, after: GroupStats, levels: dict[int, int]) -> None:
@@ -454,7 +458,6 @@ class AlignSAGETrainer(AlignGRPOTrainer):
         metrics["sage/reward_after"].append(total["reward_after"] / groups)
         for lv in (0, *LEVELS):
             metrics[f"sage/level_{lv}_frac"].append(total[f"level_{lv}"] / groups)
-        metrics["sage/never_solved_frac"].append(self.hint_state.never_solved_frac())
 
     # --- hints and collective generation ----------------------------------------------------------------------------
 
@@ -473,14 +476,14 @@ class AlignSAGETrainer(AlignGRPOTrainer):
             temperature = cfg.temperature if attempt == 0 else cfg.retry_temperature
             with self._decoding(temperature, cfg.max_tokens):
                 _, completion_ids, _ = self._padded_generate([requests[g] for g in pending], num_generations=1)
-            texts = self.processing_class.batch_decode(completion_ids[:len(pending)], skip_special_tokens=True)
+            texts = self._decode(None, [], completion_ids[:len(pending)])
             retry = []
             for g, text in zip(pending, texts, strict=True):
                 levels = parse_hints(text)
                 if levels is None:
                     counts["hints_failed"] += 1
                     retry.append(g)
-                elif cfg.leak_filter and leaks_answer(levels, self._rows[g * G].get("answer")):
+                elif cfg.leak_filter and leaks_answer(levels, self._rows[g * G].get(cfg.answer_column)):
                     counts["hints_leaked"] += 1
                     retry.append(g)
                 else:
@@ -502,7 +505,7 @@ class AlignSAGETrainer(AlignGRPOTrainer):
         index = [s + j for s in starts for j in range(G)]
         index += [0] * (len(completion_ids) - len(index))
         originals = [prompts[i] for i in index]
-        completions = self._decode(originals, completion_ids)
+        completions = self._decode(originals, prompt_ids, completion_ids)
         rewards = self._score([self._rows[i] for i in index], originals, completions, completion_ids)
         n = len(messages)
         return _Rollout(prompt_ids[:n], completion_ids[:n], completions[:n],
@@ -555,11 +558,21 @@ class AlignSAGETrainer(AlignGRPOTrainer):
         finally:
             self.generation_config, self.generation_kwargs = saved
 
-    def _decode(self, prompts, completion_ids) -> list:
+    def _decode(self, prompts, prompt_ids, completion_ids) -> list:
+        """Completions as TRL's `_generate` decodes them, so reward sources see hinted and unhinted groups alike.
+
+        Text for plain prompts (or `prompts=None`), assistant messages for conversational ones.
+        """
+        if not completion_ids:
+            return []  # batch_decode([]) would return [""]
+        if not (prompts and is_conversational({"prompt": prompts[0]})):
+            return self.processing_class.batch_decode(completion_ids, skip_special_tokens=True)
+        if (getattr(self._tokenizer, "response_template", None) is not None
+                or getattr(self._tokenizer, "response_schema", None) is not None):
+            return [[parse_response(self._tokenizer, ids, prefix=prefix, tools=self.tools)]
+                    for prefix, ids in zip(prompt_ids, completion_ids, strict=True)]
         texts = self.processing_class.batch_decode(completion_ids, skip_special_tokens=True)
-        if prompts and is_conversational({"prompt": prompts[0]}):
-            return [[{"role": "assistant", "content": t}] for t in texts]
-        return texts
+        return [[{"role": "assistant", "content": t}] for t in texts]
 
     def _score(self, rows, prompts, completions, completion_ids) -> torch.Tensor:
         """This rank's rewards (n, num_sources) for `completions`, by TRL's scoring against the original prompts.
@@ -567,7 +580,16 @@ class AlignSAGETrainer(AlignGRPOTrainer):
         Collective (TRL gathers the scores): every rank calls it with the same n.
         """
         n = len(completions)
+        # super(): TRL's scoring itself, not this class's override that hands back the rollout's stored rewards.
         gathered = super()._rewards_per_func(rows, prompts, completions, completion_ids)
+        # Values a reward source logs with log_extra / log_metric belong to rows that may be replaced (or are
+        # fillers); they cannot be matched to the final batch, so they are dropped rather than mislabelled.
+        if (self._pending_extra_logs or self._pending_metrics) and not self._warned_reward_logs:
+            logger.warning("SAGE: values logged by reward sources through log_extra/log_metric are dropped (the "
+                           "rows they describe may be replaced by hinted groups).")
+            self._warned_reward_logs = True
+        self._pending_extra_logs.clear()
+        self._pending_metrics.clear()
         rank = self.accelerator.process_index
         return gathered[rank * n:(rank + 1) * n].clone()
 

@@ -70,3 +70,28 @@ def test_same_global_batch_gives_same_losses_and_weights(tmp_path):
         assert result["losses"] == pytest.approx(reference["losses"], abs=1e-5), name
         for key, value in reference["weights"].items():
             assert result["weights"][key] == pytest.approx(value, rel=1e-4, abs=1e-4), (name, key)
+
+
+def test_sage_zero3_each_rank_hints_its_own_groups(hint_writer, tmp_path):
+    """ZeRO-3, 2 processes: only rank 0's groups collapse (the reward succeeds on rank 1 only), so only rank 0
+    writes hints and re-rolls, while rank 1 joins every collective generation round with a filler. No deadlock."""
+    from tests.conftest import SAGE_TEMPLATES, sage_rows
+
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in sage_rows(32, seed=3)))
+    run_dir = tmp_path / "run"
+    reward = "reward.sources=[{name: 'tests.trainers.sage_rewards:only_rank_one'}]"
+    launch("cpu_zero3.yaml", ["-m", "align.train", "algorithm=sage", f"model.path={hint_writer}",
+                              f"data.source={data}", reward, f"trainer.output_dir={run_dir}", "trainer.max_steps=2",
+                              "trainer.per_device_train_batch_size=8", "algorithm.num_generations=4",
+                              "algorithm.max_completion_length=16", "eval.enabled=false", *SAGE_TEMPLATES])
+    state = json.loads((run_dir / "trainer_state.json").read_text())
+    steps = [e for e in state["log_history"] if "sage/collapsed_frac_before" in e]
+    assert [e["step"] for e in steps] == [1, 2]
+    for entry in steps:
+        assert entry["sage/collapsed_frac_before"] == 0.5  # rank 0's 2 groups of 4
+        assert entry["sage/hints_requested"] == 2.0 and entry["sage/hints_parsed"] == 2.0
+        assert entry["sage/level_3_frac"] == 0.5 and entry["sage/level_0_frac"] == 0.5
+    hints = (run_dir / "hints-rank0.jsonl").read_text().splitlines()
+    assert len(hints) == 4 and not (run_dir / "hints-rank1.jsonl").exists()
+    assert (run_dir / "final" / "model.safetensors").exists()

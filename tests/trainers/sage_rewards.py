@@ -16,3 +16,21 @@ def only_rank_one(prompts, completions, **kwargs):
 def always(prompts, completions, **kwargs):
     """Every completion succeeds."""
     return [1.0] * len(completions)
+
+
+class SecondLook:
+    """Succeeds only on the first prompt it ever sees, and only the second time that prompt is scored (its level-1
+    re-roll under SAGE): that group must stop escalating at level 1 while the others go on to level 3."""
+
+    def __init__(self):
+        self.target, self.looks = None, 0
+        self.__name__ = "second_look"
+
+    def __call__(self, prompts, completions, **kwargs):
+        texts = [p[-1]["content"] for p in prompts]
+        self.target = self.target or texts[0]
+        self.looks += self.target in texts
+        return [float(t == self.target and self.looks == 2) for t in texts]
+
+
+second_look = SecondLook()

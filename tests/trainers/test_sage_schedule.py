@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from align.config import HintConfig
-from align.rollout import combine_rewards, group_stats
+from align.rollout import SolvedPrompts, combine_rewards, group_stats, save_json_atomic
 from align.trainers.sage import (
     HintState,
     collapsed,
@@ -37,6 +37,7 @@ LEVELS = ["Think about carries.", "Ones: 7+8=15.", "Carry 1 into the tens."]
     "{'level_1': 'Think about carries.', 'level_2': 'Ones: 7+8=15.', 'level_3': 'Carry 1 into the tens.'}",
     '{"level_1": "Think about carries.", "level_2": "Ones: 7+8=15.", "level_3": "Carry 1 into the tens.",}',
     '{"level_1": "  Think about carries. ", "level_2": "Ones: 7+8=15.", "level_3": "Carry 1 into the tens.",\n}',
+    "Let {x} be the sum. " + json.dumps(GOOD) + " Then {y}.",  # braces in the prose around the object
 ])
 def test_parse_hints_tolerates_fences_prose_quotes_and_trailing_commas(text):
     assert parse_hints(text) == LEVELS
@@ -58,6 +59,13 @@ def test_parse_hints_rejects_malformed_or_incomplete_replies(text):
     assert parse_hints(text) is None
 
 
+def test_parse_hints_keeps_single_backslash_latex():
+    text = '{"level_1": "Use \\frac{a}{b} and \\times.", "level_2": "b", "level_3": "c"}'
+    assert parse_hints(text) == ["Use \\frac{a}{b} and \\times.", "b", "c"]
+    # without LaTeX control characters, JSON escapes keep their meaning
+    assert parse_hints('{"level_1": "a\\nb", "level_2": "\\\\frac", "level_3": "c"}') == ["a\nb", "\\frac", "c"]
+
+
 def test_leak_filter_matches_the_answer_as_a_whole_token():
     assert leaks_answer(["The result is 85."], "85")
     assert leaks_answer(["a", "b", "so it is 8 5"], "85")  # whitespace ignored
@@ -66,6 +74,7 @@ def test_leak_filter_matches_the_answer_as_a_whole_token():
     assert not leaks_answer(["0.85 is a decimal"], "85")
     assert not leaks_answer(LEVELS, "")
     assert not leaks_answer(LEVELS, None)
+    assert leaks_answer(["it is 85"], 85)  # a numeric answer column
 
 
 # --- prompts -------------------------------------------------------------------------------------------------------
@@ -170,19 +179,26 @@ def test_light_rule_rejects_unknown_names():
         next_light_level(0, 0.0, "sometimes")
 
 
-def test_hint_state_round_trips_through_its_file(tmp_path):
+def test_hint_state_and_solved_prompts_round_trip_through_json(tmp_path):
     state = HintState()
-    state.update("a", solved=False, level=2, hint=LEVELS)
-    state.update("b", solved=True, level=0)
-    state.update("a", solved=False, level=3)
-    assert state.never_solved_frac() == 0.5
+    state.update("a", 2, LEVELS)
+    state.update("b", 0)
+    state.update("a", 3)  # a failed hint leaves the last good one in place
     path = tmp_path / "sage_state.json"
-    state.save(str(path))
+    save_json_atomic(state.state_dict(), str(path))
     restored = HintState()
     restored.load_state_dict(json.loads(path.read_text()))
-    assert restored == state
-    assert restored.levels == {"a": 3, "b": 0} and restored.last_hints == {"a": LEVELS}
+    assert restored == state and restored.levels == {"a": 3, "b": 0} and restored.last_hints == {"a": LEVELS}
     assert not (tmp_path / "sage_state.json.tmp").exists()
+
+    solved = SolvedPrompts()
+    assert solved.never_solved_frac() == 0.0
+    solved.update(["a", "b", "c"], [False, True, False])
+    solved.update(["a", "d"], [True, False])
+    assert solved.never_solved_frac() == 0.5  # c and d of a, b, c, d
+    again = SolvedPrompts()
+    again.load_state_dict(json.loads(json.dumps(solved.state_dict())))
+    assert again == solved
 
 
 def test_hint_demonstrations_teach_writing_and_using_hints():

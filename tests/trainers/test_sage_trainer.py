@@ -1,56 +1,22 @@
 """SAGE and SAGE-LIGHT on the tiny model: the real trainer, hints written by the policy itself.
 
-A session fixture warm-starts the tiny model (through `align.train`, warm_start.hints_column) on rows whose gold
-hint is always the same JSON, so after a few dozen SFT steps the policy writes that hint greedily. A reward that
-never succeeds then collapses every group, which makes the schedule's behaviour exact: SAGE escalates every group
-to level 3, SAGE-LIGHT raises every level by one per epoch.
+The `hint_writer` fixture (conftest) is a tiny policy taught to write one constant hint JSON. A reward that never
+succeeds then collapses every group, which makes the schedule's behaviour exact: SAGE escalates every group to
+level 3, SAGE-LIGHT raises every level by one per epoch.
 """
 
 from __future__ import annotations
 
 import json
 
-import pytest
 import torch
 from omegaconf import OmegaConf
 from transformers import TrainerCallback
 
 from align.config import RewardSourceConfig, SAGEAlgorithmConfig
 from align.data import rows_to_dataset
-from align.data.synthetic import arithmetic
-from align.trainers.sage import STATE_FILE, build_sage_trainer, parse_hints, prompt_key
-from tests.conftest import compose
-
-HINT = {"level_1": "one", "level_2": "two", "level_3": "three"}
-TEMPLATES = [
-    "algorithm.hint.system_prompt=null",
-    "algorithm.hint.user_template='Hints for: {question}\nSolution: {solution}'",
-    "algorithm.hint.solve_template='{question}\nHint: {hint}'",
-    "algorithm.hint.max_tokens=64",
-]
-
-
-def sage_rows(n: int, seed: int = 0) -> list[dict]:
-    rows = arithmetic(n, digits=2, seed=seed)
-    return [{**r, "hints": json.dumps(HINT)} for r in rows]
-
-
-@pytest.fixture(scope="session")
-def hint_writer(tmp_path_factory) -> str:
-    """A tiny policy warm-started to write the constant hint JSON; also runs one SAGE step end to end."""
-    from align.train import run
-
-    root = tmp_path_factory.mktemp("hint-writer")
-    data = root / "train.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in sage_rows(64)))
-    cfg = compose(["algorithm=sage", "model=tiny", f"data.source={data}", "reward.sources=[{name: boxed_match}]",
-                   "trainer=cpu", f"trainer.output_dir={root / 'run'}", "trainer.max_steps=1",
-                   "trainer.per_device_train_batch_size=8", "algorithm.num_generations=4",
-                   "algorithm.max_completion_length=16", "warm_start.max_steps=60", "warm_start.learning_rate=3e-3",
-                   "warm_start.per_device_train_batch_size=16", "warm_start.hints_column=hints", "eval.enabled=false",
-                   *TEMPLATES])
-    run(cfg)
-    return str(root / "run" / "warm_start" / "final")
+from align.trainers.sage import STATE_FILE, build_sage_trainer, prompt_key
+from tests.conftest import SAGE_TEMPLATES, compose, sage_rows
 
 
 def make_trainer(model_path: str, out, *, schedule="sage", reward="tests.trainers.sage_rewards:never",
@@ -61,7 +27,7 @@ def make_trainer(model_path: str, out, *, schedule="sage", reward="tests.trainer
 
     cfg = compose(["algorithm=sage", "trainer=cpu", f"trainer.output_dir={out}", f"trainer.max_steps={max_steps}",
                    "trainer.per_device_train_batch_size=8", f"trainer.save_steps={save_steps}", "trainer.seed=0",
-                   "algorithm.num_generations=4", "algorithm.max_completion_length=16", *TEMPLATES])
+                   "algorithm.num_generations=4", "algorithm.max_completion_length=16", *SAGE_TEMPLATES])
     config = OmegaConf.to_object(cfg)
     algo: SAGEAlgorithmConfig = config.algorithm
     algo.schedule = schedule
@@ -112,10 +78,40 @@ def test_sage_escalates_collapsed_groups_to_level_3_and_the_loss_sees_hinted_pro
     assert logged(trainer, "sage/level_3_frac") == [1.0, 1.0]
     assert logged(trainer, "sage/hints_requested") == [2.0, 2.0]
     assert logged(trainer, "sage/hints_parsed") == [2.0, 2.0]
-    assert logged(trainer, "sage/never_solved_frac") == [1.0, 1.0]
+    assert logged(trainer, "groups/never_solved_frac") == [1.0, 1.0]
     assert all(t > 0 for t in logged(trainer, "timing/hint_generation_s"))
     hints = [json.loads(line) for line in (tmp_path / "run" / "hints-rank0.jsonl").read_text().splitlines()]
     assert len(hints) == 4 and all(h["hint"] == ["one", "two", "three"] and h["level"] == 3 for h in hints)
+
+
+def test_escalation_stops_per_group_and_rows_stay_with_their_group(hint_writer, tmp_path):
+    """One group succeeds at its level-1 re-roll, the other never: the loss batch holds the first group at level 1 and
+    the second at level 3, and each row's reward is its own group's."""
+    import tests.trainers.sage_rewards as module
+
+    module.second_look = module.SecondLook()
+    trainer = make_trainer(hint_writer, tmp_path / "run", reward="tests.trainers.sage_rewards:second_look",
+                           max_steps=1)
+    batches = []
+    compute_loss = trainer.compute_loss
+    trainer.compute_loss = lambda model, inputs, *a, **k: batches.append(inputs) or compute_loss(model, inputs, *a, **k)
+    trainer.train()
+    target = module.second_look.target
+    texts = trainer.processing_class.batch_decode(batches[0]["prompt_ids"], skip_special_tokens=True)
+    # TRL shuffles the generation batch before the loss; group membership is recovered from the question text.
+    levels = {"Hint: one": 1, "Hint: three": 3}
+    for text in texts:
+        level = next(v for k, v in levels.items() if k in text)
+        assert level == (1 if target in text else 3), text
+    assert sum(target in t for t in texts) == 4
+    assert logged(trainer, "sage/level_1_frac") == [0.5] and logged(trainer, "sage/level_3_frac") == [0.5]
+    assert logged(trainer, "sage/collapsed_frac_before") == [1.0]
+    assert logged(trainer, "sage/collapsed_frac_after") == [0.5]
+    assert logged(trainer, "sage/reward_before") == [0.0] and logged(trainer, "sage/reward_after") == [0.5]
+    # rewards as TRL logged them for the loss batch (unshuffled order): the target's rows, and only they, scored 1
+    (name,) = trainer._logs["rewards"]
+    for prompt, reward in zip(trainer._logs["prompt"], trainer._logs["rewards"][name], strict=True):
+        assert reward == float(prompt[-1]["content"] == target)
 
 
 def test_rewards_are_scored_on_the_unhinted_prompt(hint_writer, tmp_path):
@@ -193,4 +189,3 @@ def test_sage_light_bidirectional_rule_lowers_levels_of_solved_prompts(hint_writ
     # every group succeeds (p = 1 > alpha): each level drops by one
     assert trainer.hint_state.levels == {prompt_key(r["prompt"]): 1 for r in rows}
     assert logged(trainer, "sage/level_2_frac") == [1.0, 1.0]
-    assert parse_hints(json.dumps(HINT)) == ["one", "two", "three"]
