@@ -299,7 +299,7 @@ def validate(cfg: AlignConfig, processes: int | None = None) -> None:
                           f"{t.logging_steps}, so held-out accuracy is logged on the step it was measured.")
     if cfg.warm_start.max_steps < 0:
         raise ConfigError(f"warm_start.max_steps must be >= 0, got {cfg.warm_start.max_steps}.")
-    if cfg.warm_start.hints_column and not isinstance(algo, SAGEAlgorithmConfig):
+    if cfg.warm_start.max_steps and cfg.warm_start.hints_column and not isinstance(algo, SAGEAlgorithmConfig):
         raise ConfigError("warm_start.hints_column teaches SAGE's hint format; it needs algorithm=sage "
                           "(or unset it).")
     if isinstance(algo, GRPOAlgorithmConfig):

@@ -3,8 +3,8 @@
     python benchmarks/sage.py                      # warm start once, then 3 methods x 3 seeds, 40 steps each
     python benchmarks/sage.py --init runs/x/warm_start/final --seeds 1 2 3 --steps 40
 
-The recipe `sage-arithmetic-tiny` makes the reward sparse: its warm start imitates a teacher who forgets carries 90%
-of the time, so most problems with a carry are never solved and their groups collapse. The same warm start teaches
+The recipe `sage-arithmetic-tiny` makes the reward sparse: its warm start imitates a teacher who always forgets
+carries, so problems with a carry are rarely solved and their groups collapse. The same warm start teaches
 the policy to write and use hints; during RL every hint is written by the policy itself (a few are copied into the
 results). All methods start from the same checkpoint and take the same number of optimizer steps with the same
 batch; the runs of one seed go side by side (GRPO, SAGE, SAGE-LIGHT), so wall-clock ratios compare like with like.
@@ -38,13 +38,16 @@ METHODS = ("grpo", "sage", "sage_light")
 
 def grpo_variant(workdir: Path) -> str:
     """The SAGE recipe with algorithm=grpo and its SAGE-only keys removed: GRPO with identical hyperparameters."""
-    recipe = OmegaConf.load(REPO / "recipes" / f"{RECIPE}.yaml")
-    recipe.defaults = ["override /algorithm: grpo" if d == "override /algorithm: sage" else d
-                       for d in recipe.defaults]
+    recipe = OmegaConf.to_container(OmegaConf.load(REPO / "recipes" / f"{RECIPE}.yaml"))
+    defaults = [{"override /algorithm": "grpo"} if d == {"override /algorithm": "sage"} else d
+                for d in recipe["defaults"]]
+    if defaults == recipe["defaults"]:
+        raise RuntimeError(f"{RECIPE} no longer selects `override /algorithm: sage`; update grpo_variant().")
+    recipe["defaults"] = defaults
     for key in ("hint", "schedule"):
-        recipe.algorithm.pop(key, None)
+        recipe["algorithm"].pop(key, None)
     path = workdir / "grpo-arithmetic-tiny-sparse.yaml"
-    path.write_text("# @package _global_\n" + OmegaConf.to_yaml(recipe))
+    path.write_text("# @package _global_\n" + OmegaConf.to_yaml(OmegaConf.create(recipe)))
     return str(path)
 
 
@@ -55,9 +58,11 @@ def warm_start(workdir: Path) -> str:
     return str(out / "warm_start" / "final")
 
 
-def one_run(method: str, init: str, seed: int, steps: int, workdir: Path, grpo_recipe: str, eval_samples: int):
+def one_run(method: str, init: str, seed: int, steps: int, workdir: Path, grpo_recipe: str, eval_samples: int,
+            rl_rows: int):
     recipe = grpo_recipe if method == "grpo" else RECIPE
     overrides = [f"recipe={recipe}", f"model.path={init}", "warm_start.max_steps=0", f"trainer.seed={seed}",
+                 f"data.max_train_rows={rl_rows}",
                  f"trainer.max_steps={steps}", f"trainer.output_dir={workdir / f'{method}-seed{seed}'}",
                  "eval.every_steps=0", f"eval.max_samples={eval_samples}"]
     if method == "sage_light":
@@ -99,6 +104,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--eval-samples", type=int, default=200)
+    parser.add_argument("--rl-rows", type=int, default=128,
+                        help="RL trains on the first N training prompts, so each is seen several times (SAGE-LIGHT's "
+                             "levels only act on prompts seen again); the warm start uses all of them")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "sage.json"))
     args = parser.parse_args()
 
@@ -108,7 +116,8 @@ def main() -> None:
     runs = {m: [] for m in METHODS}
     for seed in args.seeds:
         for method in METHODS:
-            runs[method].append(one_run(method, init, seed, args.steps, workdir, grpo_recipe, args.eval_samples))
+            runs[method].append(one_run(method, init, seed, args.steps, workdir, grpo_recipe, args.eval_samples,
+                                        args.rl_rows))
             print(f"[bench] seed {seed} {method}: {runs[method][-1]['accuracy_before']:.3f} -> "
                   f"{runs[method][-1]['accuracy_after']:.3f}", flush=True)
 
@@ -126,7 +135,7 @@ def main() -> None:
             summary[method]["collapsed_frac_probe"] = spread([r["collapsed_frac_probe"] for r in results])
     report = {
         "benchmark": f"GRPO vs SAGE vs SAGE-LIGHT, embedded 2-digit addition, sparse reward (recipe {RECIPE})",
-        "setup": {"init": init, "seeds": args.seeds, "optimizer_steps": args.steps,
+        "setup": {"init": init, "seeds": args.seeds, "optimizer_steps": args.steps, "rl_prompts": args.rl_rows,
                   "prompts_per_step": 8, "num_generations": 8, "eval_samples": args.eval_samples,
                   "heldout_accuracy_before": runs["grpo"][0]["accuracy_before"],
                   "eval": "greedy, no hint", "threads": "2 CPU cores, runs sequential"},

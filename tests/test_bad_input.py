@@ -121,3 +121,17 @@ def test_unknown_hub_name_offline_is_a_clear_model_error(tiny_run, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelLoadError, match="Cannot load the tokenizer of 'no-such-org/no-such-model'"):
         run(compose(tiny_run + ["model.path=no-such-org/no-such-model"]))
+
+
+def test_sage_without_reference_solutions(tiny_run, tmp_path):
+    rows = [{"prompt": f"Compute {i}+1.", "answer": str(i + 1)} for i in range(8)]
+    data = tmp_path / "no_solutions.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError, match="no 'solution' column .* data.columns.solution=<column>"):
+        run(compose([*tiny_run, "algorithm=sage", f"data.source={data}", "eval.enabled=false"]))
+    for row in rows:
+        row["solution"] = ""
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError, match="Every row's 'solution' is empty"):
+        run(compose([*tiny_run, "algorithm=sage", f"data.source={data}", "eval.enabled=false"]))
+    assert not (tmp_path / "run").exists(), "refused before the run directory is created"

@@ -88,3 +88,33 @@ def test_trl_passthrough_keys_are_checked_before_anything_loads():
         validate(typed(["+algorithm.trl.beta=0.1"]), processes=1)
     with pytest.raises(ConfigError, match="SFTConfig"):
         validate(typed(["algorithm=sft", "+algorithm.trl.num_generations=4"]), processes=1)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("algorithm.schedule=sometimes", "algorithm.schedule"),
+    ("algorithm.trigger=always", "algorithm.trigger"),
+    ("algorithm.light_rule=down", "algorithm.light_rule"),
+    ("algorithm.light_low=0.5", "algorithm.light_low"),  # above light_alpha 0.35
+    ("algorithm.hint.retries=-1", "algorithm.hint.retries"),
+    ("algorithm.hint.max_tokens=0", "algorithm.hint.max_tokens"),
+    ("algorithm.hint.temperature=-1", "algorithm.hint.temperature"),
+    ("algorithm.hint.user_template='no fields'", "algorithm.hint.user_template"),
+    ("algorithm.hint.solve_template='{question} only'", "algorithm.hint.solve_template"),
+])
+def test_bad_sage_values_name_their_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate(typed(["algorithm=sage", override]), processes=1)
+
+
+def test_sage_needs_whole_groups_on_every_process():
+    """8 completions per process, G 8: fine on any process count; 4 per process x 2 processes is not."""
+    validate(typed(["algorithm=sage", "trainer.per_device_train_batch_size=8"]), processes=2)
+    with pytest.raises(ConfigError, match=r"each process's generation batch \(per_device_train_batch_size 4 x steps "
+                                          r"1 = 4\) must be a multiple of num_generations 8"):
+        validate(typed(["algorithm=sage", "trainer.per_device_train_batch_size=4"]), processes=2)
+
+
+def test_hint_demonstrations_need_sage():
+    with pytest.raises(ConfigError, match="warm_start.hints_column"):
+        validate(typed(["warm_start.hints_column=hints", "warm_start.max_steps=10"]), processes=1)
+    validate(typed(["warm_start.hints_column=hints"]), processes=1)  # no warm start: nothing to teach
