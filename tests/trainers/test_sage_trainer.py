@@ -20,7 +20,7 @@ from tests.conftest import SAGE_TEMPLATES, compose, sage_rows
 
 
 def make_trainer(model_path: str, out, *, schedule="sage", reward="tests.trainers.sage_rewards:never",
-                 rows=None, max_steps=2, save_steps=0, **algo_overrides):
+                 rows=None, max_steps=2, save_steps=0, peft_config=None, **algo_overrides):
     from align.models import load_causal_lm, load_tokenizer
     from align.rewards import build_reward_sources
     from align.trainers.common import training_arguments
@@ -38,7 +38,7 @@ def make_trainer(model_path: str, out, *, schedule="sage", reward="tests.trainer
     model = load_causal_lm(model_path)
     common = training_arguments(config, out, [], "sage-test")
     dataset = rows_to_dataset(rows if rows is not None else sage_rows(16, seed=1))
-    return build_sage_trainer(model, tokenizer, dataset, rewards, weights, algo, common)
+    return build_sage_trainer(model, tokenizer, dataset, rewards, weights, algo, common, peft_config=peft_config)
 
 
 def logged(trainer, key: str) -> list[float]:
@@ -189,3 +189,14 @@ def test_sage_light_bidirectional_rule_lowers_levels_of_solved_prompts(hint_writ
     # every group succeeds (p = 1 > alpha): each level drops by one
     assert trainer.hint_state.levels == {prompt_key(r["prompt"]): 1 for r in rows}
     assert logged(trainer, "sage/level_2_frac") == [1.0, 1.0]
+
+
+def test_sage_with_a_lora_adapter_writes_hints_through_the_peft_model(hint_writer, tmp_path):
+    from peft import LoraConfig, PeftModel
+
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    trainer = make_trainer(hint_writer, tmp_path / "run", max_steps=1, peft_config=lora)
+    assert isinstance(trainer.model, PeftModel)
+    trainer.train()
+    # a fresh adapter starts as the identity, so the policy still writes the hint it was taught
+    assert logged(trainer, "sage/hints_parsed") == [2.0] and logged(trainer, "sage/level_3_frac") == [1.0]
