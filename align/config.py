@@ -24,6 +24,7 @@ LOGGER_BACKENDS = ("none", "wandb", "tensorboard")
 SAGE_SCHEDULES = ("sage", "sage_light")
 SAGE_TRIGGERS = ("no_success", "zero_variance")
 SAGE_LIGHT_RULES = ("paper", "bidirectional")
+FGRPO_DIVERGENCES = ("kl", "reverse_kl", "pearson", "hellinger", "js", "tv")
 
 
 class ConfigError(ValueError):
@@ -162,6 +163,43 @@ class SAGEAlgorithmConfig(GRPOAlgorithmConfig):
 
 
 @dataclass
+class FGRPOAlgorithmConfig(GRPOAlgorithmConfig):
+    """GRPO with the clipped surrogate replaced by a variational f-divergence loss (docs/fgrpo.md)."""
+
+    name: str = "fgrpo"
+    divergence: str = "pearson"  # kl | reverse_kl | pearson | hellinger | js | tv
+    beta: float = 0.1  # r = beta * (log pi - log pi_ref); must be > 0 (the reference model is part of the loss)
+    clamp: List[float] = field(default_factory=lambda: [-10.0, 10.0])  # range r is clamped to
+
+
+@dataclass
+class PairsConfig:
+    """An offline preference-pairs dataset: prompt, chosen and rejected response per row."""
+
+    source: str = "synthetic"  # "synthetic" (embedded arithmetic pairs), a local file / save_to_disk dir, or a hub name
+    subset: Optional[str] = None
+    split: str = "train"
+    prompt_column: str = "prompt"
+    chosen_column: str = "chosen"
+    rejected_column: str = "rejected"
+    system_prompt: Optional[str] = None  # prepended to string prompts
+    max_rows: Optional[int] = None
+    num_synthetic: int = 2000  # synthetic source: rows (a correct worked solution vs a careless one)
+    max_length: int = 512  # prompt + response tokens; longer pairs are truncated from the response's end
+
+
+@dataclass
+class FHALAlgorithmConfig(FGRPOAlgorithmConfig):
+    """f-HAL: lam * f-GRPO on on-policy groups + (1 - lam) * the f-divergence pairs loss on offline pairs."""
+
+    name: str = "fhal"
+    divergence: str = "js"
+    lam: float = 0.5  # weight of the on-policy f-GRPO term (the paper's lambda)
+    pairs_per_step: int = 8  # offline pairs per process per optimizer step
+    pairs: PairsConfig = field(default_factory=PairsConfig)
+
+
+@dataclass
 class SFTAlgorithmConfig:
     name: str = "sft"
     completion_column: str = "solution"
@@ -237,7 +275,8 @@ class AlignConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
-ALGORITHMS = {"grpo": GRPOAlgorithmConfig, "sage": SAGEAlgorithmConfig, "sft": SFTAlgorithmConfig}
+ALGORITHMS = {"grpo": GRPOAlgorithmConfig, "sage": SAGEAlgorithmConfig, "fgrpo": FGRPOAlgorithmConfig,
+              "fhal": FHALAlgorithmConfig, "sft": SFTAlgorithmConfig}
 
 
 def register_configs() -> None:
@@ -345,6 +384,29 @@ def _validate_grpo(cfg: AlignConfig, algo: GRPOAlgorithmConfig, processes: int) 
         raise ConfigError("reward.sources is empty; GRPO needs at least one reward source (e.g. reward=math).")
     if isinstance(algo, SAGEAlgorithmConfig):
         _validate_sage(algo, cfg.trainer)
+    if isinstance(algo, FGRPOAlgorithmConfig):
+        _validate_fgrpo(algo, cfg.trainer)
+
+
+def _validate_fgrpo(algo: FGRPOAlgorithmConfig, trainer: TrainerConfig) -> None:
+    _one_of("algorithm.divergence", algo.divergence, FGRPO_DIVERGENCES)
+    if algo.beta <= 0:
+        raise ConfigError(f"algorithm.beta is {algo.beta}, but f-GRPO's loss is built on r = beta * (log pi - log "
+                          f"pi_ref): it needs a reference model and beta > 0 (e.g. algorithm.beta=0.1).")
+    if len(algo.clamp) != 2 or not algo.clamp[0] < 0 < algo.clamp[1]:
+        raise ConfigError(f"algorithm.clamp must be [low, high] with low < 0 < high, got {list(algo.clamp)}.")
+    if algo.loss_type != "dapo":
+        raise ConfigError(f"algorithm.loss_type is '{algo.loss_type}', but f-GRPO has its own loss (a token mean "
+                          f"over the batch's completion tokens); leave loss_type at dapo.")
+    if isinstance(algo, FHALAlgorithmConfig):
+        if not 0 <= algo.lam <= 1:
+            raise ConfigError(f"algorithm.lam must be in [0, 1] (1 = pure f-GRPO, 0 = pure pairs loss), "
+                              f"got {algo.lam}.")
+        _positive("algorithm.pairs_per_step", algo.pairs_per_step)
+        if algo.pairs_per_step % trainer.gradient_accumulation_steps:
+            raise ConfigError(f"algorithm.pairs_per_step {algo.pairs_per_step} is split over the "
+                              f"{trainer.gradient_accumulation_steps} micro-batches of an optimizer step "
+                              f"(trainer.gradient_accumulation_steps); make it a multiple of that.")
 
 
 def _validate_sage(algo: SAGEAlgorithmConfig, trainer: TrainerConfig) -> None:

@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from align.config import (
     AlignConfig,
     ConfigError,
+    FGRPOAlgorithmConfig,
     GRPOAlgorithmConfig,
     SAGEAlgorithmConfig,
     SFTAlgorithmConfig,
@@ -273,10 +274,12 @@ def run(cfg: DictConfig) -> dict:
     common = training_arguments(config, run_dir, report_to, run_name)
     algo = config.algorithm
     if is_grpo:
+        from align.trainers.fgrpo import build_fgrpo_trainer
         from align.trainers.grpo import build_grpo_trainer
         from align.trainers.sage import build_sage_trainer
 
-        build = build_sage_trainer if isinstance(algo, SAGEAlgorithmConfig) else build_grpo_trainer
+        build = (build_sage_trainer if isinstance(algo, SAGEAlgorithmConfig)
+                 else build_fgrpo_trainer if isinstance(algo, FGRPOAlgorithmConfig) else build_grpo_trainer)
         trainer = build(model, tokenizer, train_dataset, rewards, weights, algo, common,
                                      log_completions=config.logger.log_completions,
                                      trust_remote_code=config.model.trust_remote_code,

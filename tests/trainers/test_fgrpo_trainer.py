@@ -1,0 +1,128 @@
+"""f-GRPO's trainer on the real tiny model: the loss TRL's training loop calls, its identities and its runs."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from align.data import rows_to_dataset
+from align.data.synthetic import arithmetic
+from align.models import ensure_tiny, load_causal_lm, load_tokenizer
+from align.trainers.common import training_arguments
+from align.trainers.fgrpo import build_fgrpo_trainer
+from align.trainers.grpo import build_grpo_trainer
+from tests.conftest import compose
+
+
+def zero_reward(prompts, completions, **kwargs):
+    return [0.0] * len(completions)
+
+
+def trainer_for(algorithm: str, out, overrides=()):
+    config = OmegaConf.to_object(compose([f"algorithm={algorithm}", "trainer=cpu", f"trainer.output_dir={out}",
+                                          "trainer.per_device_train_batch_size=8", "algorithm.num_generations=4",
+                                          *overrides]))
+    path = str(ensure_tiny())
+    model, tokenizer = load_causal_lm(path), load_tokenizer(path)
+    dataset = rows_to_dataset(arithmetic(16, digits=2))
+    build = build_fgrpo_trainer if algorithm == "fgrpo" else build_grpo_trainer
+    trainer = build(model, tokenizer, dataset, [zero_reward], [1.0], config.algorithm,
+                    training_arguments(config, out, [], "test"))
+    trainer.current_gradient_accumulation_steps = 1
+    return trainer
+
+
+def batch(vocab: int, advantages: list[float], seed: int = 0) -> dict:
+    """A left-padded prompt / right-padded completion batch as TRL's rollout hands it to the loss."""
+    g = torch.Generator().manual_seed(seed)
+    b = len(advantages)
+    prompt_ids = torch.randint(3, vocab, (b, 6), generator=g)
+    completion_ids = torch.randint(3, vocab, (b, 5), generator=g)
+    prompt_mask = torch.ones_like(prompt_ids)
+    prompt_mask[0, :2] = 0
+    completion_mask = torch.ones_like(completion_ids)
+    completion_mask[1, 3:] = 0
+    return {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "completion_ids": completion_ids,
+            "completion_mask": completion_mask, "advantages": torch.tensor(advantages),
+            "num_items_in_batch": completion_mask.sum()}
+
+
+def grads(trainer, inputs) -> dict[str, torch.Tensor]:
+    trainer.model.zero_grad()
+    loss = trainer._compute_loss(trainer.model, inputs)
+    loss.backward()
+    return {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+
+
+def with_reference(trainer, inputs) -> dict:
+    """The batch plus reference log-probs from the policy itself: policy == reference."""
+    ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
+    mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+    with torch.no_grad():
+        ref, _, _ = trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask,
+                                                               inputs["completion_ids"].size(1))
+    return {**inputs, "ref_per_token_logps": ref}
+
+
+def test_pearson_gradient_at_the_reference_is_beta_times_the_policy_gradient(tmp_path):
+    """Spec identity: at policy == reference, Pearson f-GRPO's gradient equals beta x the gradient of GRPO's loss
+    without clipping or KL (ratio 1, same advantages, same token-mean normalisation)."""
+    beta = 0.37
+    fgrpo = trainer_for("fgrpo", tmp_path / "f", ["algorithm.divergence=pearson", f"algorithm.beta={beta}"])
+    grpo = trainer_for("grpo", tmp_path / "g", ["algorithm.beta=0", "algorithm.epsilon=1e9"])
+    grpo.model.load_state_dict(fgrpo.model.state_dict())
+    torch.manual_seed(0)
+    inputs = batch(fgrpo.model.config.vocab_size, [1.2, -0.7, 0.4, -0.9])
+    g_f = grads(fgrpo, with_reference(fgrpo, inputs))
+    g_pg = grads(grpo, copy.deepcopy(inputs))
+    assert g_f.keys() == g_pg.keys() and len(g_f) > 10
+    for name in g_f:
+        torch.testing.assert_close(g_f[name], beta * g_pg[name], rtol=1e-4, atol=1e-7, msg=name)
+    assert max(g.abs().max().item() for g in g_f.values()) > 1e-4  # the identity is not 0 == 0
+
+
+@pytest.mark.parametrize("divergence", ["kl", "reverse_kl", "pearson", "hellinger", "js", "tv"])
+def test_zero_advantage_completions_give_zero_loss_and_gradient(divergence, tmp_path):
+    trainer = trainer_for("fgrpo", tmp_path, [f"algorithm.divergence={divergence}"])
+    inputs = with_reference(trainer, batch(trainer.model.config.vocab_size, [0.0, 0.0, 0.0, 0.0]))
+    inputs["ref_per_token_logps"] = inputs["ref_per_token_logps"] - 3.0  # policy far from the reference
+    trainer.model.zero_grad()
+    loss = trainer._compute_loss(trainer.model, inputs)
+    loss.backward()
+    assert loss.item() == 0.0
+    assert all(p.grad is None or not p.grad.any() for p in trainer.model.parameters())
+
+
+def test_zero_advantage_rows_do_not_change_the_gradient(tmp_path):
+    trainer = trainer_for("fgrpo", tmp_path, ["algorithm.divergence=js"])
+    inputs = with_reference(trainer, batch(trainer.model.config.vocab_size, [0.8, -0.8, 0.0, 0.0]))
+    full = grads(trainer, inputs)
+    first_two = {k: (v[:2] if torch.is_tensor(v) and v.dim() > 0 else v) for k, v in inputs.items()}
+    first_two["num_items_in_batch"] = inputs["num_items_in_batch"]  # same normaliser
+    for name, g in grads(trainer, first_two).items():
+        torch.testing.assert_close(full[name], g, rtol=1e-5, atol=1e-8, msg=name)
+
+
+def test_beta_zero_is_refused_with_the_fix():
+    from align.config import ConfigError, validate
+
+    with pytest.raises(ConfigError, match=r"needs a reference model and beta > 0 \(e\.g\. algorithm\.beta=0\.1\)"):
+        validate(OmegaConf.to_object(compose(["algorithm=fgrpo", "algorithm.beta=0"])), processes=1)
+
+
+@pytest.mark.parametrize("divergence", ["pearson", "js"])
+def test_short_fgrpo_run_logs_its_metrics(divergence, tiny_run):
+    from align.train import run
+
+    summary = run(compose([*tiny_run, "algorithm=fgrpo", f"algorithm.divergence={divergence}", "eval.enabled=false"]))
+    history = json.loads((Path(summary["run_dir"]) / "trainer_state.json").read_text())["log_history"]
+    steps = [e for e in history if "fgrpo/loss_positive" in e]
+    assert [e["step"] for e in steps] == [1, 2]
+    for key in ("fgrpo/loss_negative", "fgrpo/r_positive", "fgrpo/r_negative", "fgrpo/clamp_frac", "entropy"):
+        assert all(key in e for e in steps)
+    assert (Path(summary["final_model"]) / "model.safetensors").exists()
