@@ -28,6 +28,7 @@ from align.config import (
     AlignConfig,
     ConfigError,
     FGRPOAlgorithmConfig,
+    FHALAlgorithmConfig,
     GRPOAlgorithmConfig,
     SAGEAlgorithmConfig,
     SFTAlgorithmConfig,
@@ -241,6 +242,11 @@ def run(cfg: DictConfig) -> dict:
     train_dataset, held_out = load_splits(config.data, required=_required_columns(config))
     if isinstance(config.algorithm, SAGEAlgorithmConfig):
         _check_reference_solutions(config, train_dataset)
+    pairs = None
+    if isinstance(config.algorithm, FHALAlgorithmConfig):  # f-HAL's offline pairs, loaded before any model
+        from align.data.pairs import load_pairs
+
+        pairs = load_pairs(config.algorithm.pairs)
     is_grpo = isinstance(config.algorithm, GRPOAlgorithmConfig)
     rewards, weights = build_reward_sources(config.reward.sources) if is_grpo else ([], [])
     if rewards:
@@ -278,12 +284,16 @@ def run(cfg: DictConfig) -> dict:
         from align.trainers.grpo import build_grpo_trainer
         from align.trainers.sage import build_sage_trainer
 
-        build = (build_sage_trainer if isinstance(algo, SAGEAlgorithmConfig)
-                 else build_fgrpo_trainer if isinstance(algo, FGRPOAlgorithmConfig) else build_grpo_trainer)
+        extra = {}
+        if isinstance(algo, SAGEAlgorithmConfig):
+            build = build_sage_trainer
+        elif isinstance(algo, FGRPOAlgorithmConfig):
+            build, extra = build_fgrpo_trainer, {"pairs": pairs}
+        else:
+            build = build_grpo_trainer
         trainer = build(model, tokenizer, train_dataset, rewards, weights, algo, common,
-                                     log_completions=config.logger.log_completions,
-                                     trust_remote_code=config.model.trust_remote_code,
-                                     peft_config=_peft_config(config))
+                        log_completions=config.logger.log_completions,
+                        trust_remote_code=config.model.trust_remote_code, peft_config=_peft_config(config), **extra)
     else:
         from align.trainers.sft import build_sft_trainer
 

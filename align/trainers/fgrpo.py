@@ -57,13 +57,16 @@ Decisions the spec leaves open:
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from trl.trainer.utils import pad, use_adapter
 
-from align.config import FGRPOAlgorithmConfig
+from align.config import FGRPOAlgorithmConfig, FHALAlgorithmConfig
+from align.data.pairs import load_pairs
 from align.trainers.grpo import AlignGRPOTrainer, grpo_config
 
 DEFAULT_CLAMP = (-10.0, 10.0)
@@ -328,10 +331,94 @@ class AlignFGRPOTrainer(AlignGRPOTrainer):
         return total
 
 
+def tokenize_pairs(pairs: list[dict], tokenizer, max_length: int) -> list[tuple[list[int], list[int], list[int]]]:
+    """(prompt ids, chosen ids, rejected ids) per pair: the prompt through the chat template with the generation
+    prompt, each response as plain tokens plus EOS, truncated from its end to fit `max_length` with the prompt."""
+    eos = tokenizer.eos_token_id
+    out = []
+    for pair in pairs:
+        prompt = tokenizer.apply_chat_template(pair["prompt"], add_generation_prompt=True, tokenize=True,
+                                               return_dict=True)["input_ids"]
+        room = max(max_length - len(prompt), 1)
+        responses = [tokenizer(pair[k], add_special_tokens=False)["input_ids"][:room - 1] + [eos]
+                     for k in ("chosen", "rejected")]
+        out.append((list(prompt), *responses))
+    return out
+
+
+class AlignFHALTrainer(AlignFGRPOTrainer):
+    """f-HAL: lam * f-GRPO on the on-policy groups + (1 - lam) * the pairs loss L_fPA on offline preference pairs,
+    under the same divergence. Logs fhal/on_policy_loss, fhal/pairs_loss, fhal/pair_accuracy (pairs whose chosen
+    response has the larger r) next to f-GRPO's metrics."""
+
+    def __init__(self, *args, fgrpo: FHALAlgorithmConfig, pairs: list[dict], **kwargs):
+        super().__init__(*args, fgrpo=fgrpo, **kwargs)
+        if not pairs:
+            raise ValueError("f-HAL needs offline preference pairs (algorithm.pairs).")
+        self.lam = fgrpo.lam
+        self.pairs_per_step = fgrpo.pairs_per_step
+        self.pairs = tokenize_pairs(pairs, self.processing_class, fgrpo.pairs.max_length)
+        # each process draws its own pairs, reproducibly
+        self._pair_rng = random.Random(self.args.seed * 1009 + self.accelerator.process_index)
+
+    def _compute_loss(self, model, inputs):
+        training = self.model.training
+        accumulation = self.current_gradient_accumulation_steps if training else 1
+        on_policy = super()._compute_loss(model, inputs) if self.lam > 0 else None
+        k = max(self.pairs_per_step // accumulation, 1)
+        pairs = [self.pairs[self._pair_rng.randrange(len(self.pairs))] for _ in range(k)]
+        r_chosen, r_rejected = self.pair_log_ratios(model, pairs)
+        pairs_loss = fpa_loss(r_chosen, r_rejected, self.divergence)
+        metrics = self._metrics["train" if training else "eval"]
+        metrics["fhal/pairs_loss"].append(self.accelerator.reduce(pairs_loss.detach(), reduction="mean").item())
+        metrics["fhal/pair_accuracy"].append(self.accelerator.reduce(
+            (r_chosen > r_rejected).float().mean().detach(), reduction="mean").item())
+        loss = (1 - self.lam) * pairs_loss / accumulation
+        if on_policy is not None:
+            metrics["fhal/on_policy_loss"].append(self.accelerator.reduce(on_policy.detach(), reduction="mean").item())
+            loss = loss + self.lam * on_policy
+        return loss
+
+    def pair_log_ratios(self, model, pairs) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sequence-level r = beta * sum over response tokens of (log pi_theta - log pi_ref), clamped; (P,) each for
+        the chosen and the rejected responses."""
+        prompts = [torch.tensor(p) for p, _, _ in pairs] * 2
+        responses = [torch.tensor(c) for _, c, _ in pairs] + [torch.tensor(r) for _, _, r in pairs]
+        pad_id = self.processing_class.pad_token_id
+        prompt_ids = pad(prompts, padding_value=pad_id, padding_side="left")
+        prompt_mask = pad([torch.ones_like(p) for p in prompts], padding_value=0, padding_side="left")
+        response_ids = pad(responses, padding_value=pad_id, padding_side="right")
+        response_mask = pad([torch.ones_like(r) for r in responses], padding_value=0, padding_side="right")
+        device = self.accelerator.device
+        input_ids = torch.cat([prompt_ids, response_ids], dim=1).to(device)
+        attention_mask = torch.cat([prompt_mask, response_mask], dim=1).to(device)
+        response_mask = response_mask.to(device)
+        logps, _, _ = self._get_per_token_logps_and_entropies(model, input_ids, attention_mask, response_ids.size(1))
+        with torch.no_grad():
+            ref = self._reference_logps(input_ids, attention_mask, response_ids.size(1))
+        r = self.beta * ((logps - ref) * response_mask).sum(-1)
+        r, _ = clamp_log_ratio(r, *self.clamp)
+        return r[:len(pairs)], r[len(pairs):]
+
+    def _reference_logps(self, input_ids, attention_mask, logits_to_keep) -> torch.Tensor:
+        """Per-token reference log-probs, the way TRL gets them: the reference model, or the PEFT base model."""
+        if self.ref_model is not None:
+            return self._get_per_token_logps_and_entropies(self.ref_model, input_ids, attention_mask,
+                                                           logits_to_keep)[0]
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        with use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None):
+            return self._get_per_token_logps_and_entropies(self.model, input_ids, attention_mask, logits_to_keep)[0]
+
+
 def build_fgrpo_trainer(model, tokenizer, train_dataset, rewards: list, weights: list[float],
                         algo: FGRPOAlgorithmConfig, common_args: dict, *, log_completions: bool = False,
-                        trust_remote_code: bool = False, peft_config=None) -> AlignFGRPOTrainer:
+                        trust_remote_code: bool = False, peft_config=None,
+                        pairs: list[dict] | None = None) -> AlignFGRPOTrainer:
+    """f-GRPO, or f-HAL when `algo` is an FHALAlgorithmConfig (its pairs are loaded from `algo.pairs` unless given)."""
     args = grpo_config(algo, common_args, weights, log_completions=log_completions,
                        trust_remote_code=trust_remote_code)
-    return AlignFGRPOTrainer(model=model, reward_funcs=rewards, args=args, train_dataset=train_dataset,
-                             processing_class=tokenizer, peft_config=peft_config, fgrpo=algo)
+    kwargs = dict(model=model, reward_funcs=rewards, args=args, train_dataset=train_dataset,
+                  processing_class=tokenizer, peft_config=peft_config, fgrpo=algo)
+    if isinstance(algo, FHALAlgorithmConfig):
+        return AlignFHALTrainer(**kwargs, pairs=pairs if pairs is not None else load_pairs(algo.pairs))
+    return AlignFGRPOTrainer(**kwargs)

@@ -95,3 +95,17 @@ def test_sage_zero3_each_rank_hints_its_own_groups(hint_writer, tmp_path):
     hints = (run_dir / "hints-rank0.jsonl").read_text().splitlines()
     assert len(hints) == 4 and not (run_dir / "hints-rank1.jsonl").exists()
     assert (run_dir / "final" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("algorithm", ["fgrpo", "fhal"])
+def test_fgrpo_and_fhal_zero3_two_processes(algorithm, tmp_path):
+    run_dir = tmp_path / "run"
+    launch("cpu_zero3.yaml", ["-m", "align.train", f"algorithm={algorithm}", f"trainer.output_dir={run_dir}",
+                              "trainer.max_steps=2", "trainer.per_device_train_batch_size=4",
+                              "algorithm.num_generations=4", "algorithm.max_completion_length=16",
+                              "algorithm.pairs_per_step=2" if algorithm == "fhal" else "algorithm.divergence=js",
+                              "data.synthetic.num_train=64", "eval.enabled=false"])
+    history = json.loads((run_dir / "trainer_state.json").read_text())["log_history"]
+    key = "fhal/pair_accuracy" if algorithm == "fhal" else "fgrpo/clamp_frac"
+    assert [e["step"] for e in history if key in e] == [1, 2]
+    assert (run_dir / "final" / "model.safetensors").exists()

@@ -126,3 +126,61 @@ def test_short_fgrpo_run_logs_its_metrics(divergence, tiny_run):
     for key in ("fgrpo/loss_negative", "fgrpo/r_positive", "fgrpo/r_negative", "fgrpo/clamp_frac", "entropy"):
         assert all(key in e for e in steps)
     assert (Path(summary["final_model"]) / "model.safetensors").exists()
+
+
+# --- f-HAL -----------------------------------------------------------------------------------------------------------
+
+PAIRS = [{"prompt": [{"role": "user", "content": "Compute 59+63."}], "chosen": "9+3=12, carry 1; 5+6+1=12.",
+          "rejected": "9+3=12; 5+6=11."}]
+
+
+def fhal_trainer(out, lam: float, divergence="js"):
+    config = OmegaConf.to_object(compose(["algorithm=fhal", "trainer=cpu", f"trainer.output_dir={out}",
+                                          "trainer.per_device_train_batch_size=8", "algorithm.num_generations=4",
+                                          f"algorithm.lam={lam}", f"algorithm.divergence={divergence}",
+                                          "algorithm.pairs_per_step=2"]))
+    path = str(ensure_tiny())
+    model, tokenizer = load_causal_lm(path), load_tokenizer(path)
+    trainer = build_fgrpo_trainer(model, tokenizer, rows_to_dataset(arithmetic(16, digits=2)), [zero_reward], [1.0],
+                                  config.algorithm, training_arguments(config, out, [], "test"),
+                                  pairs=PAIRS * 2)
+    trainer.current_gradient_accumulation_steps = 1
+    return trainer
+
+
+def test_fhal_lambda_one_is_fgrpo(tmp_path):
+    hal = fhal_trainer(tmp_path / "h", lam=1.0)
+    plain = trainer_for("fgrpo", tmp_path / "f", ["algorithm.divergence=js"])
+    plain.model.load_state_dict(hal.model.state_dict())
+    inputs = with_reference(hal, batch(hal.model.config.vocab_size, [0.9, -0.3, 0.0, -0.6]))
+    inputs["ref_per_token_logps"] = inputs["ref_per_token_logps"] + 0.2  # away from the reference
+    g_hal, g_plain = grads(hal, inputs), grads(plain, inputs)
+    for name in g_plain:
+        torch.testing.assert_close(g_hal[name], g_plain[name], rtol=0, atol=0, msg=name)
+
+
+def test_fhal_lambda_zero_is_the_pairs_loss(tmp_path):
+    from align.trainers.fgrpo import fpa_loss
+
+    hal = fhal_trainer(tmp_path / "h", lam=0.0)
+    inputs = with_reference(hal, batch(hal.model.config.vocab_size, [0.9, -0.3, 0.0, -0.6]))
+    loss = hal._compute_loss(hal.model, inputs)
+    # the same pair twice (both draws pick PAIRS[0]); r from an independent computation of the sequence log-ratio
+    r_w, r_l = hal.pair_log_ratios(hal.model, [hal.pairs[0]] * 2)
+    torch.testing.assert_close(loss, fpa_loss(r_w, r_l, "js"))
+    # policy == reference at initialisation: r = 0 for both, so L_fPA = 2 * (softplus(0) - log 2) = 0 for js
+    torch.testing.assert_close(loss, torch.zeros(()), atol=1e-6, rtol=0)
+    hal.model.zero_grad()
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in hal.model.parameters())
+
+
+def test_short_fhal_run_logs_both_components(tiny_run):
+    from align.train import run
+
+    summary = run(compose([*tiny_run, "algorithm=fhal", "algorithm.pairs_per_step=4",
+                           "algorithm.pairs.num_synthetic=64", "eval.enabled=false"]))
+    history = json.loads((Path(summary["run_dir"]) / "trainer_state.json").read_text())["log_history"]
+    steps = [e for e in history if "fhal/pairs_loss" in e]
+    assert [e["step"] for e in steps] == [1, 2]
+    assert all("fhal/on_policy_loss" in e and "fhal/pair_accuracy" in e and "fgrpo/r_negative" in e for e in steps)

@@ -1,0 +1,60 @@
+"""Offline preference pairs (prompt, chosen, rejected) for f-HAL's pairs term; later also for DPO-style trainers.
+
+`load_pairs(cfg)` returns rows `{"prompt": chat messages, "chosen": str, "rejected": str}` from the embedded
+synthetic pairs (a correct worked arithmetic solution vs a careless one that forgets carries or borrows) or from
+the same kinds of sources as the training data (local file or directory, hub name). A response given as a chat
+(list of messages) contributes its last message's content. Raises DataError naming the column and the fix.
+"""
+
+from __future__ import annotations
+
+import random
+
+from align.config import DataConfig, PairsConfig
+from align.data.loading import DataError, _is_empty, _load_source, to_messages
+from align.data.synthetic import arithmetic_row
+
+
+def arithmetic_pairs(num_rows: int, digits: int = 2, seed: int = 0) -> list[dict]:
+    """Additions with at least one carry: chosen = the correct worked solution, rejected = the carry-forgetting one."""
+    rng, rows, seen = random.Random(seed), [], set()
+    low, high = 10 ** (digits - 1), 10**digits - 1
+    while len(rows) < num_rows:
+        a, b = rng.randint(low, high), rng.randint(low, high)
+        row = arithmetic_row(a, "+", b, sloppy=True)
+        if row["demonstration"] == row["solution"] or (a, b) in seen:  # no carry: nothing to prefer
+            continue
+        seen.add((a, b))
+        rows.append({"prompt": row["prompt"], "chosen": row["solution"], "rejected": row["demonstration"]})
+    return rows
+
+
+def _text(value, column: str, index: int) -> str:
+    if isinstance(value, list) and value and isinstance(value[-1], dict) and "content" in value[-1]:
+        value = value[-1]["content"]
+    if not isinstance(value, str) or not value.strip():
+        raise DataError(f"pairs row {index}: '{column}' is empty or not text ({type(value).__name__}).")
+    return value
+
+
+def load_pairs(cfg: PairsConfig) -> list[dict]:
+    if cfg.source == "synthetic":
+        return arithmetic_pairs(cfg.num_synthetic)[:cfg.max_rows]
+    dataset, _ = _load_source(DataConfig(source=cfg.source, subset=cfg.subset, split=cfg.split))
+    names = {"prompt": cfg.prompt_column, "chosen": cfg.chosen_column, "rejected": cfg.rejected_column}
+    for canonical, column in names.items():
+        if column not in dataset.column_names:
+            raise DataError(f"the pairs dataset '{cfg.source}' has no '{column}' column (columns: "
+                            f"{', '.join(dataset.column_names)}); set algorithm.pairs.{canonical}_column.")
+    if cfg.max_rows is not None:
+        dataset = dataset.select(range(min(cfg.max_rows, len(dataset))))
+    rows = []
+    for i, row in enumerate(dataset):
+        if _is_empty(row[cfg.prompt_column]):
+            raise DataError(f"pairs row {i}: '{cfg.prompt_column}' is empty.")
+        rows.append({"prompt": to_messages(row[cfg.prompt_column], cfg.system_prompt),
+                     "chosen": _text(row[cfg.chosen_column], cfg.chosen_column, i),
+                     "rejected": _text(row[cfg.rejected_column], cfg.rejected_column, i)})
+    if not rows:
+        raise DataError(f"the pairs dataset '{cfg.source}' (split {cfg.split}) is empty.")
+    return rows
