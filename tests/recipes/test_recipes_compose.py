@@ -25,9 +25,15 @@ def test_there_are_cpu_and_gpu_recipes():
     assert available_recipes() == RECIPES
 
 
+# Recipes whose header says the user must supply a value (`???` in the config): a stand-in for the test.
+REQUIRED = {
+    "fhal-saferlhf-qwen2.5-1.5b-1n8g-zero2": ["reward.sources.0.name=tests.rewards.user_rewards:length_penalty"],
+}
+
+
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_recipe_composes_and_validates(recipe, monkeypatch):
-    config = OmegaConf.to_object(compose([f"recipe={recipe}"]))
+    config = OmegaConf.to_object(compose([f"recipe={recipe}", *REQUIRED.get(recipe, [])]))
     if processes_for(recipe) > 1:
         # GPU recipes ask for bf16 through dtype=auto; validate as if on their cluster, without a GPU here.
         assert config.model.dtype == "auto"
