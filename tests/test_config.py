@@ -118,3 +118,17 @@ def test_hint_demonstrations_need_sage():
     with pytest.raises(ConfigError, match="warm_start.hints_column"):
         validate(typed(["warm_start.hints_column=hints", "warm_start.max_steps=10"]), processes=1)
     validate(typed(["warm_start.hints_column=hints"]), processes=1)  # no warm start: nothing to teach
+
+
+@pytest.mark.parametrize("algorithm, override, key", [
+    ("fgrpo", "algorithm.divergence=chi2", "algorithm.divergence"),
+    ("fgrpo", "algorithm.beta=0", "algorithm.beta"),
+    ("fgrpo", "algorithm.clamp=[1,2]", "algorithm.clamp"),
+    ("fgrpo", "algorithm.loss_type=grpo", "algorithm.loss_type"),
+    ("fhal", "algorithm.lam=1.5", "algorithm.lam"),
+    ("fhal", "algorithm.pairs_per_step=0", "algorithm.pairs_per_step"),
+    ("fhal", "trainer.gradient_accumulation_steps=3", "algorithm.pairs_per_step"),  # 8 pairs over 3 micro-batches
+])
+def test_bad_fgrpo_values_name_their_key(algorithm, override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate(typed([f"algorithm={algorithm}", override]), processes=1)
