@@ -398,11 +398,30 @@ def _validate_fgrpo(algo: FGRPOAlgorithmConfig, trainer: TrainerConfig) -> None:
     if algo.loss_type != "dapo":
         raise ConfigError(f"algorithm.loss_type is '{algo.loss_type}', but f-GRPO has its own loss (a token mean "
                           f"over the batch's completion tokens); leave loss_type at dapo.")
+    # The loss has no importance ratio to the sampling policy: anything that trains on stale or differently-sampled
+    # completions, or reweights tokens through GRPO's surrogate, would be silently ignored.
+    off_policy = [f"{key} {value}" for key, value, ok in (
+        ("algorithm.num_iterations", algo.num_iterations, algo.num_iterations == 1),
+        ("algorithm.steps_per_generation", algo.steps_per_generation,
+         algo.steps_per_generation in (None, trainer.gradient_accumulation_steps)),
+        ("algorithm.use_vllm", algo.use_vllm, not algo.use_vllm),
+        ("algorithm.importance_sampling_level", algo.importance_sampling_level,
+         algo.importance_sampling_level == "token"),
+    ) if not ok]
+    ignored = ("top_entropy_quantile", "entropy_coef", "off_policy_mask_threshold",
+               "vllm_importance_sampling_correction")
+    off_policy += [f"algorithm.trl.{key}" for key in ignored if key in algo.trl]
+    if off_policy:
+        raise ConfigError(f"f-GRPO's loss is on-policy and has no importance ratio or clipping, so these settings "
+                          f"would be ignored: {', '.join(off_policy)}. Leave them at their defaults "
+                          f"(steps_per_generation = gradient_accumulation_steps, num_iterations 1, no vLLM).")
     if isinstance(algo, FHALAlgorithmConfig):
         if not 0 <= algo.lam <= 1:
             raise ConfigError(f"algorithm.lam must be in [0, 1] (1 = pure f-GRPO, 0 = pure pairs loss), "
                               f"got {algo.lam}.")
         _positive("algorithm.pairs_per_step", algo.pairs_per_step)
+        _positive("algorithm.pairs.max_length", algo.pairs.max_length)
+        _positive("algorithm.pairs.num_synthetic", algo.pairs.num_synthetic)
         if algo.pairs_per_step % trainer.gradient_accumulation_steps:
             raise ConfigError(f"algorithm.pairs_per_step {algo.pairs_per_step} is split over the "
                               f"{trainer.gradient_accumulation_steps} micro-batches of an optimizer step "

@@ -128,6 +128,10 @@ def test_hint_demonstrations_need_sage():
     ("fhal", "algorithm.lam=1.5", "algorithm.lam"),
     ("fhal", "algorithm.pairs_per_step=0", "algorithm.pairs_per_step"),
     ("fhal", "trainer.gradient_accumulation_steps=3", "algorithm.pairs_per_step"),  # 8 pairs over 3 micro-batches
+    ("fgrpo", "algorithm.num_iterations=2", "algorithm.num_iterations"),  # off-policy: no importance ratio
+    ("fgrpo", "algorithm.steps_per_generation=2", "algorithm.steps_per_generation"),
+    ("fgrpo", "algorithm.importance_sampling_level=sequence", "algorithm.importance_sampling_level"),
+    ("fgrpo", "+algorithm.trl.top_entropy_quantile=0.2", "algorithm.trl.top_entropy_quantile"),
 ])
 def test_bad_fgrpo_values_name_their_key(algorithm, override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

@@ -16,13 +16,18 @@ from align.data.synthetic import arithmetic_row
 
 
 def arithmetic_pairs(num_rows: int, digits: int = 2, seed: int = 0) -> list[dict]:
-    """Additions with at least one carry: chosen = the correct worked solution, rejected = the carry-forgetting one."""
+    """Additions with a carry out of the ones column: chosen = the correct worked solution, rejected = the
+    carry-forgetting one (whose answer is then wrong)."""
     rng, rows, seen = random.Random(seed), [], set()
     low, high = 10 ** (digits - 1), 10**digits - 1
+    space = sum(1 for a in range(low, high + 1) for b in range(low, high + 1) if (a % 10) + (b % 10) >= 10)
+    if num_rows > space:
+        raise ValueError(f"Only {space} distinct {digits}-digit additions have a carry in the ones column; asked for "
+                         f"{num_rows} pairs (algorithm.pairs.num_synthetic).")
     while len(rows) < num_rows:
         a, b = rng.randint(low, high), rng.randint(low, high)
         row = arithmetic_row(a, "+", b, sloppy=True)
-        if row["demonstration"] == row["solution"] or (a, b) in seen:  # no carry: nothing to prefer
+        if (a % 10) + (b % 10) < 10 or (a, b) in seen:  # no carry from the ones: nothing to prefer
             continue
         seen.add((a, b))
         rows.append({"prompt": row["prompt"], "chosen": row["solution"], "rejected": row["demonstration"]})

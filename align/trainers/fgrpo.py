@@ -63,11 +63,14 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from transformers.utils import logging
 from trl.trainer.utils import pad, use_adapter
 
 from align.config import FGRPOAlgorithmConfig, FHALAlgorithmConfig
 from align.data.pairs import load_pairs
 from align.trainers.grpo import AlignGRPOTrainer, grpo_config
+
+logger = logging.get_logger(__name__)
 
 DEFAULT_CLAMP = (-10.0, 10.0)
 LOG2 = math.log(2.0)
@@ -319,11 +322,14 @@ class AlignFGRPOTrainer(AlignGRPOTrainer):
 
         is_positive = mask * (advantages > 0).to(mask.dtype)[:, None]
         is_negative = mask * (advantages < 0).to(mask.dtype)[:, None]
+        # Each micro-batch's loss is its share of the step's token mean; logged values are rescaled to the step's
+        # scale (TRL averages the micro-batches' entries), so the parts add up to the logged loss.
+        scale = self.current_gradient_accumulation_steps if training else 1
         metrics = self._metrics[mode]
         metrics["fgrpo/loss_positive"].append(self.accelerator.reduce(
-            ((positive * mask).sum() / normalizer).detach(), reduction="mean").item())
+            ((positive * mask).sum() / normalizer).detach() * scale, reduction="mean").item())
         metrics["fgrpo/loss_negative"].append(self.accelerator.reduce(
-            ((negative * mask).sum() / normalizer).detach(), reduction="mean").item())
+            ((negative * mask).sum() / normalizer).detach() * scale, reduction="mean").item())
         metrics["fgrpo/r_positive"].append(global_mean(r, is_positive))
         metrics["fgrpo/r_negative"].append(global_mean(r, is_negative))
         metrics["fgrpo/clamp_frac"].append(global_mean(hit.to(mask.dtype), mask))
@@ -331,25 +337,39 @@ class AlignFGRPOTrainer(AlignGRPOTrainer):
         return total
 
 
-def tokenize_pairs(pairs: list[dict], tokenizer, max_length: int) -> list[tuple[list[int], list[int], list[int]]]:
-    """(prompt ids, chosen ids, rejected ids) per pair: the prompt through the chat template with the generation
-    prompt, each response as plain tokens plus EOS, truncated from its end to fit `max_length` with the prompt."""
+def tokenize_pairs(pairs: list[dict], tokenizer,
+                   max_length: int) -> tuple[list[tuple[list[int], list[int], list[int]]], int]:
+    """((prompt ids, chosen ids, rejected ids) per usable pair, number of pairs dropped).
+
+    The prompt goes through the chat template with the generation prompt; a response is its tokens plus EOS, or,
+    when prompt + response exceed `max_length`, its first tokens without EOS (a cut answer must not teach stopping).
+    A pair is dropped when its prompt leaves fewer than 8 tokens for the responses, or when truncation makes the
+    chosen and rejected responses identical.
+    """
     eos = tokenizer.eos_token_id
-    out = []
+    if eos is None:
+        raise ValueError("The tokenizer has no eos_token_id; f-HAL's pairs end their responses with it.")
+    out, dropped = [], 0
     for pair in pairs:
-        prompt = tokenizer.apply_chat_template(pair["prompt"], add_generation_prompt=True, tokenize=True,
-                                               return_dict=True)["input_ids"]
-        room = max(max_length - len(prompt), 1)
-        responses = [tokenizer(pair[k], add_special_tokens=False)["input_ids"][:room - 1] + [eos]
-                     for k in ("chosen", "rejected")]
-        out.append((list(prompt), *responses))
-    return out
+        prompt = list(tokenizer.apply_chat_template(pair["prompt"], add_generation_prompt=True, tokenize=True,
+                                                    return_dict=True)["input_ids"])
+        room = max_length - len(prompt)
+        responses = []
+        for key in ("chosen", "rejected"):
+            ids = tokenizer(pair[key], add_special_tokens=False)["input_ids"] + [eos]
+            responses.append(ids if len(ids) <= room else ids[:room])
+        if room < 8 or responses[0] == responses[1]:
+            dropped += 1
+            continue
+        out.append((prompt, *responses))
+    return out, dropped
 
 
 class AlignFHALTrainer(AlignFGRPOTrainer):
     """f-HAL: lam * f-GRPO on the on-policy groups + (1 - lam) * the pairs loss L_fPA on offline preference pairs,
     under the same divergence. Logs fhal/on_policy_loss, fhal/pairs_loss, fhal/pair_accuracy (pairs whose chosen
-    response has the larger r) next to f-GRPO's metrics."""
+    response has the strictly larger r), fhal/pair_clamp_frac (pair responses whose r hit the clamp) next to
+    f-GRPO's metrics."""
 
     def __init__(self, *args, fgrpo: FHALAlgorithmConfig, pairs: list[dict], **kwargs):
         super().__init__(*args, fgrpo=fgrpo, **kwargs)
@@ -357,31 +377,46 @@ class AlignFHALTrainer(AlignFGRPOTrainer):
             raise ValueError("f-HAL needs offline preference pairs (algorithm.pairs).")
         self.lam = fgrpo.lam
         self.pairs_per_step = fgrpo.pairs_per_step
-        self.pairs = tokenize_pairs(pairs, self.processing_class, fgrpo.pairs.max_length)
-        # each process draws its own pairs, reproducibly
-        self._pair_rng = random.Random(self.args.seed * 1009 + self.accelerator.process_index)
+        self.pairs, dropped = tokenize_pairs(pairs, self.processing_class, fgrpo.pairs.max_length)
+        if dropped:
+            logger.warning("f-HAL: %d of %d pairs dropped (prompt too long for algorithm.pairs.max_length %d, or "
+                           "chosen and rejected identical after truncation).", dropped, len(pairs),
+                           fgrpo.pairs.max_length)
+        if not self.pairs:
+            raise ValueError(f"f-HAL: no usable pairs left; raise algorithm.pairs.max_length "
+                             f"({fgrpo.pairs.max_length}).")
+        self._draws = (None, 0)  # (global step, micro-batches drawn in it)
 
     def _compute_loss(self, model, inputs):
         training = self.model.training
         accumulation = self.current_gradient_accumulation_steps if training else 1
         on_policy = super()._compute_loss(model, inputs) if self.lam > 0 else None
-        k = max(self.pairs_per_step // accumulation, 1)
-        pairs = [self.pairs[self._pair_rng.randrange(len(self.pairs))] for _ in range(k)]
-        r_chosen, r_rejected = self.pair_log_ratios(model, pairs)
+        r_chosen, r_rejected, clamped = self.pair_log_ratios(model, self._draw_pairs(training, accumulation))
         pairs_loss = fpa_loss(r_chosen, r_rejected, self.divergence)
         metrics = self._metrics["train" if training else "eval"]
         metrics["fhal/pairs_loss"].append(self.accelerator.reduce(pairs_loss.detach(), reduction="mean").item())
         metrics["fhal/pair_accuracy"].append(self.accelerator.reduce(
             (r_chosen > r_rejected).float().mean().detach(), reduction="mean").item())
+        metrics["fhal/pair_clamp_frac"].append(self.accelerator.reduce(clamped.float().mean(), reduction="mean").item())
         loss = (1 - self.lam) * pairs_loss / accumulation
         if on_policy is not None:
-            metrics["fhal/on_policy_loss"].append(self.accelerator.reduce(on_policy.detach(), reduction="mean").item())
+            metrics["fhal/on_policy_loss"].append(
+                self.accelerator.reduce(on_policy.detach() * accumulation, reduction="mean").item())
             loss = loss + self.lam * on_policy
         return loss
 
-    def pair_log_ratios(self, model, pairs) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sequence-level r = beta * sum over response tokens of (log pi_theta - log pi_ref), clamped; (P,) each for
-        the chosen and the rejected responses."""
+    def _draw_pairs(self, training: bool, accumulation: int) -> list:
+        """This micro-batch's pairs: a function of (seed, process, global step, micro-batch), so a resumed run draws
+        exactly what an uninterrupted one would, with no sampler state to checkpoint; evaluation draws its own."""
+        step = self.state.global_step
+        index = self._draws[1] if self._draws[0] == step else 0
+        self._draws = (step, index + 1)
+        rng = random.Random(f"{self.args.seed}/{self.accelerator.process_index}/{step}/{index}/{training}")
+        return [self.pairs[rng.randrange(len(self.pairs))] for _ in range(max(self.pairs_per_step // accumulation, 1))]
+
+    def pair_log_ratios(self, model, pairs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Sequence-level r = beta * sum over response tokens of (log pi_theta - log pi_ref), clamped: (P,) for the
+        chosen and the rejected responses, and the (2P,) mask of those that hit the clamp."""
         prompts = [torch.tensor(p) for p, _, _ in pairs] * 2
         responses = [torch.tensor(c) for _, c, _ in pairs] + [torch.tensor(r) for _, _, r in pairs]
         pad_id = self.processing_class.pad_token_id
@@ -397,8 +432,8 @@ class AlignFHALTrainer(AlignFGRPOTrainer):
         with torch.no_grad():
             ref = self._reference_logps(input_ids, attention_mask, response_ids.size(1))
         r = self.beta * ((logps - ref) * response_mask).sum(-1)
-        r, _ = clamp_log_ratio(r, *self.clamp)
-        return r[:len(pairs)], r[len(pairs):]
+        r, hit = clamp_log_ratio(r, *self.clamp)
+        return r[:len(pairs)], r[len(pairs):], hit
 
     def _reference_logps(self, input_ids, attention_mask, logits_to_keep) -> torch.Tensor:
         """Per-token reference log-probs, the way TRL gets them: the reference model, or the PEFT base model."""

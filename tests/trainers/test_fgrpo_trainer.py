@@ -159,20 +159,65 @@ def test_fhal_lambda_one_is_fgrpo(tmp_path):
         torch.testing.assert_close(g_hal[name], g_plain[name], rtol=0, atol=0, msg=name)
 
 
-def test_fhal_lambda_zero_is_the_pairs_loss(tmp_path):
-    from align.trainers.fgrpo import fpa_loss
+PAIRS_2 = [{"prompt": [{"role": "user", "content": "Compute 59+63."}], "chosen": "9+3=12, carry 1; 5+6+1=12.",
+            "rejected": "9+3=12."},
+           {"prompt": [{"role": "user", "content": "Compute 7+8, please."}], "chosen": "15.",
+            "rejected": "7+8=14, so the answer is 14."}]
+
+
+def sequence_logp(model, prompt: list[int], response: list[int]) -> torch.Tensor:
+    """log pi(response | prompt) by a plain unpadded forward."""
+    ids = torch.tensor([prompt + response])
+    logps = torch.log_softmax(model(ids).logits[0, :-1].float(), dim=-1)
+    targets = ids[0, 1:]
+    return logps[torch.arange(len(targets)), targets][len(prompt) - 1:].sum()
+
+
+def test_pair_log_ratios_match_unpadded_forwards_and_lambda_zero_is_the_pairs_loss(tmp_path):
+    from align.trainers.fgrpo import fpa_loss, tokenize_pairs
 
     hal = fhal_trainer(tmp_path / "h", lam=0.0)
+    hal.pairs, _ = tokenize_pairs(PAIRS_2, hal.processing_class, 512)
+    with torch.no_grad():  # move the policy away from the reference, so r != 0
+        for p in hal.model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    r_w, r_l, hit = hal.pair_log_ratios(hal.model, hal.pairs)
+    expected = [[hal.beta * (sequence_logp(hal.model, prompt, resp) - sequence_logp(hal.ref_model, prompt, resp))
+                 for resp in (chosen, rejected)] for prompt, chosen, rejected in hal.pairs]
+    torch.testing.assert_close(r_w, torch.stack([e[0] for e in expected]), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(r_l, torch.stack([e[1] for e in expected]), rtol=1e-4, atol=1e-5)
+    assert r_w.abs().min() > 1e-3 and not hit.any()
+
+    hal._draw_pairs = lambda training, accumulation: hal.pairs  # the same pairs for the loss
     inputs = with_reference(hal, batch(hal.model.config.vocab_size, [0.9, -0.3, 0.0, -0.6]))
     loss = hal._compute_loss(hal.model, inputs)
-    # the same pair twice (both draws pick PAIRS[0]); r from an independent computation of the sequence log-ratio
-    r_w, r_l = hal.pair_log_ratios(hal.model, [hal.pairs[0]] * 2)
     torch.testing.assert_close(loss, fpa_loss(r_w, r_l, "js"))
-    # policy == reference at initialisation: r = 0 for both, so L_fPA = 2 * (softplus(0) - log 2) = 0 for js
-    torch.testing.assert_close(loss, torch.zeros(()), atol=1e-6, rtol=0)
-    hal.model.zero_grad()
-    loss.backward()
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in hal.model.parameters())
+
+
+def test_pairs_are_truncated_without_a_false_eos_and_useless_pairs_dropped():
+    from align.trainers.fgrpo import tokenize_pairs
+
+    tokenizer = load_tokenizer(str(ensure_tiny()))
+    eos = tokenizer.eos_token_id
+    prompt_len = len(tokenizer.apply_chat_template(PAIRS_2[1]["prompt"], add_generation_prompt=True, tokenize=True,
+                                                   return_dict=True)["input_ids"])
+    (kept,), dropped = tokenize_pairs(PAIRS_2[1:], tokenizer, prompt_len + 10)
+    _, chosen, rejected = kept
+    assert chosen[-1] == eos and len(chosen) == 4  # "15." fits: EOS kept
+    assert len(rejected) == 10 and eos not in rejected  # cut: no EOS that would teach stopping mid-answer
+    same = [{"prompt": PAIRS_2[1]["prompt"], "chosen": "abcdefghij-1", "rejected": "abcdefghij-2"}]
+    assert tokenize_pairs(same, tokenizer, prompt_len + 10) == ([], 1)  # identical once cut
+    assert tokenize_pairs(PAIRS_2[1:], tokenizer, prompt_len + 4) == ([], 1)  # no room left for responses
+
+
+def test_pair_draws_depend_only_on_seed_rank_step_and_micro_batch(tmp_path):
+    hal = fhal_trainer(tmp_path / "h", lam=0.5)
+    hal.pairs = [(i,) for i in range(1000)]  # stand-ins: only which ones are drawn matters here
+    first = [hal._draw_pairs(True, 1) for _ in range(2)]  # step 0, micro-batches 0 and 1
+    hal._draws = (None, 0)  # a fresh (resumed) trainer at the same step draws the same
+    assert [hal._draw_pairs(True, 1) for _ in range(2)] == first and first[0] != first[1]
+    hal.state.global_step = 1
+    assert hal._draw_pairs(True, 1) != first[0]
 
 
 def test_short_fhal_run_logs_both_components(tiny_run):
