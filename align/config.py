@@ -182,6 +182,10 @@ class PairsConfig:
     prompt_column: str = "prompt"
     chosen_column: str = "chosen"
     rejected_column: str = "rejected"
+    # Datasets that store two responses and the index of the preferred one (PKU-SafeRLHF: response_0, response_1,
+    # safer_response_id) instead of chosen / rejected columns:
+    response_columns: Optional[List[str]] = None
+    preferred_index_column: Optional[str] = None
     system_prompt: Optional[str] = None  # prepended to string prompts
     max_rows: Optional[int] = None
     num_synthetic: int = 2000  # synthetic source: rows (a correct worked solution vs a careless one)
@@ -421,6 +425,11 @@ def _validate_fgrpo(algo: FGRPOAlgorithmConfig, trainer: TrainerConfig) -> None:
                               f"got {algo.lam}.")
         _positive("algorithm.pairs_per_step", algo.pairs_per_step)
         _positive("algorithm.pairs.max_length", algo.pairs.max_length)
+        pairs = algo.pairs
+        if (pairs.response_columns is None) != (pairs.preferred_index_column is None) or (
+                pairs.response_columns is not None and len(pairs.response_columns) != 2):
+            raise ConfigError("algorithm.pairs.response_columns (two columns) and algorithm.pairs."
+                              "preferred_index_column go together: set both, or neither to use chosen/rejected.")
         _positive("algorithm.pairs.num_synthetic", algo.pairs.num_synthetic)
         if algo.pairs_per_step % trainer.gradient_accumulation_steps:
             raise ConfigError(f"algorithm.pairs_per_step {algo.pairs_per_step} is split over the "

@@ -2,7 +2,8 @@
 
 `load_pairs(cfg)` returns rows `{"prompt": chat messages, "chosen": str, "rejected": str}` from the embedded
 synthetic pairs (a correct worked arithmetic solution vs a careless one that forgets carries or borrows) or from
-the same kinds of sources as the training data (local file or directory, hub name). A response given as a chat
+the same kinds of sources as the training data (local file or directory, hub name), with chosen / rejected columns
+or two response columns plus the index of the preferred one (PKU-SafeRLHF's layout). A response given as a chat
 (list of messages) contributes its last message's content. Raises DataError naming the column and the fix.
 """
 
@@ -46,20 +47,31 @@ def load_pairs(cfg: PairsConfig) -> list[dict]:
     if cfg.source == "synthetic":
         return arithmetic_pairs(cfg.num_synthetic)[:cfg.max_rows]
     dataset, _ = _load_source(DataConfig(source=cfg.source, subset=cfg.subset, split=cfg.split))
-    names = {"prompt": cfg.prompt_column, "chosen": cfg.chosen_column, "rejected": cfg.rejected_column}
+    if cfg.preferred_index_column:  # two responses + the index of the preferred one
+        names = {"prompt": cfg.prompt_column, "preferred_index": cfg.preferred_index_column,
+                 **{f"response_columns[{i}]": c for i, c in enumerate(cfg.response_columns)}}
+    else:
+        names = {"prompt": cfg.prompt_column, "chosen": cfg.chosen_column, "rejected": cfg.rejected_column}
     for canonical, column in names.items():
         if column not in dataset.column_names:
+            key = canonical if canonical.startswith("response_columns") else f"{canonical}_column"
             raise DataError(f"the pairs dataset '{cfg.source}' has no '{column}' column (columns: "
-                            f"{', '.join(dataset.column_names)}); set algorithm.pairs.{canonical}_column.")
+                            f"{', '.join(dataset.column_names)}); set algorithm.pairs.{key}.")
     if cfg.max_rows is not None:
         dataset = dataset.select(range(min(cfg.max_rows, len(dataset))))
     rows = []
     for i, row in enumerate(dataset):
         if _is_empty(row[cfg.prompt_column]):
             raise DataError(f"pairs row {i}: '{cfg.prompt_column}' is empty.")
+        if cfg.preferred_index_column:
+            preferred = row[cfg.preferred_index_column]
+            if preferred not in (0, 1):
+                raise DataError(f"pairs row {i}: '{cfg.preferred_index_column}' is {preferred!r}, not 0 or 1.")
+            chosen, rejected = cfg.response_columns[preferred], cfg.response_columns[1 - preferred]
+        else:
+            chosen, rejected = cfg.chosen_column, cfg.rejected_column
         rows.append({"prompt": to_messages(row[cfg.prompt_column], cfg.system_prompt),
-                     "chosen": _text(row[cfg.chosen_column], cfg.chosen_column, i),
-                     "rejected": _text(row[cfg.rejected_column], cfg.rejected_column, i)})
+                     "chosen": _text(row[chosen], chosen, i), "rejected": _text(row[rejected], rejected, i)})
     if not rows:
         raise DataError(f"the pairs dataset '{cfg.source}' (split {cfg.split}) is empty.")
     return rows

@@ -44,3 +44,17 @@ def test_pairs_errors_name_the_column_and_the_fix(tmp_path):
         load_pairs(PairsConfig(source=str(path)))
     with pytest.raises(DataError, match="looks like a local path but does not exist"):
         load_pairs(PairsConfig(source=str(tmp_path / "missing.jsonl")))
+
+
+def test_pairs_from_two_responses_and_a_preferred_index(tmp_path):
+    rows = [{"prompt": "How do I stay safe?", "response_0": "Carefully.", "response_1": "Don't.", "safer": 0},
+            {"prompt": "Again?", "response_0": "No.", "response_1": "Yes, safely.", "safer": 1}]
+    path = tmp_path / "safe.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = PairsConfig(source=str(path), response_columns=["response_0", "response_1"], preferred_index_column="safer")
+    assert [(p["chosen"], p["rejected"]) for p in load_pairs(cfg)] == [("Carefully.", "Don't."),
+                                                                         ("Yes, safely.", "No.")]
+    rows[1]["safer"] = 2
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError, match="pairs row 1: 'safer' is 2, not 0 or 1"):
+        load_pairs(cfg)
