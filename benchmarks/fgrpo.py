@@ -40,8 +40,8 @@ def near_miss_proxy(prompts, completions, answer, **kwargs) -> list[float]:
     """A hackable proxy: 1.0 when the boxed answer is within 10 of the true one (the verifier wants it exact)."""
     rewards = []
     for completion, target in zip(completions, answer, strict=True):
-        boxed = extract_boxed(completion_text(completion)) or ""
-        rewards.append(float(bool(re.fullmatch(r"-?\d+", boxed.strip())) and abs(int(boxed) - int(target)) <= 10))
+        boxed = (extract_boxed(completion_text(completion)) or "").strip()
+        rewards.append(float(bool(re.fullmatch(r"-?[0-9]+", boxed)) and abs(int(boxed) - int(target)) <= 10))
     return rewards
 
 
