@@ -68,6 +68,7 @@ from trl.trainer.utils import pad, use_adapter
 
 from align.config import FGRPOAlgorithmConfig, FHALAlgorithmConfig
 from align.data.pairs import load_pairs
+from align.numerics import upcast
 from align.trainers.grpo import AlignGRPOTrainer, grpo_config
 
 logger = logging.get_logger(__name__)
@@ -77,10 +78,6 @@ LOG2 = math.log(2.0)
 
 Term = Callable[[torch.Tensor], torch.Tensor]
 
-
-def _up(x: torch.Tensor) -> torch.Tensor:
-    """x in at least float32: bfloat16 / float16 / integers become float32, float64 stays float64."""
-    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 @dataclass(frozen=True)
@@ -124,81 +121,81 @@ class Divergence:
 
 
 def _kl_conjugate(s):
-    return torch.exp(_up(s) - 1)
+    return torch.exp(upcast(s) - 1)
 
 
 def _kl_negative(v):
-    return torch.exp(_up(v) - 1)
+    return torch.exp(upcast(v) - 1)
 
 
 def _identity(v):
-    return _up(v)
+    return upcast(v)
 
 
 def _minus(v):
-    return -_up(v)
+    return -upcast(v)
 
 
 def _reverse_kl_conjugate(s):
-    return -1 - torch.log(-_up(s))
+    return -1 - torch.log(-upcast(s))
 
 
 def _reverse_kl_link(v):
-    return -torch.exp(-_up(v))
+    return -torch.exp(-upcast(v))
 
 
 def _reverse_kl_positive(v):
-    return torch.exp(-_up(v))
+    return torch.exp(-upcast(v))
 
 
 def _reverse_kl_negative(v):
-    return _up(v) - 1
+    return upcast(v) - 1
 
 
 def _pearson(s):
-    s = _up(s)
+    s = upcast(s)
     return s + s * s / 4
 
 
 def _hellinger_conjugate(s):
-    s = _up(s)
+    s = upcast(s)
     return s / (1 - s)
 
 
 def _hellinger_link(v):
-    return -torch.expm1(-_up(v))
+    return -torch.expm1(-upcast(v))
 
 
 def _hellinger_positive(v):
-    return torch.expm1(-_up(v))
+    return torch.expm1(-upcast(v))
 
 
 def _hellinger_negative(v):
-    return torch.expm1(_up(v))
+    return torch.expm1(upcast(v))
 
 
 def _js_conjugate(s):
-    return -torch.log(2 - torch.exp(_up(s)))
+    return -torch.log(2 - torch.exp(upcast(s)))
 
 
 def _js_link(v):
-    return LOG2 - F.softplus(-_up(v))
+    return LOG2 - F.softplus(-upcast(v))
 
 
 def _js_positive(v):
-    return F.softplus(-_up(v)) - LOG2
+    return F.softplus(-upcast(v)) - LOG2
 
 
 def _js_negative(v):
-    return F.softplus(_up(v)) - LOG2
+    return F.softplus(upcast(v)) - LOG2
 
 
 def _tv_link(v):
-    return 0.5 * torch.tanh(_up(v))
+    return 0.5 * torch.tanh(upcast(v))
 
 
 def _tv_positive(v):
-    return -0.5 * torch.tanh(_up(v))
+    return -0.5 * torch.tanh(upcast(v))
 
 
 DIVERGENCES: dict[str, Divergence] = {d.name: d for d in (
@@ -251,8 +248,8 @@ def fgrpo_token_loss(r: torch.Tensor, advantages: torch.Tensor,
     if r.dim() != 2 or advantages.shape != r.shape[:1]:
         raise ValueError(f"Expected r of shape (B, T) and advantages of shape (B,); got {tuple(r.shape)} and "
                          f"{tuple(advantages.shape)}.")
-    r = _up(r)
-    a = _up(advantages).to(r.dtype)[:, None]
+    r = upcast(r)
+    a = upcast(advantages).to(r.dtype)[:, None]
     positive, negative = a > 0, a < 0
     zero = torch.zeros((), dtype=r.dtype, device=r.device)
     # each branch sees r only on its own rows (0 elsewhere), so the unused branch is finite and its gradient is 0
