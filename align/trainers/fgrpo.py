@@ -69,7 +69,7 @@ from trl.trainer.utils import pad, use_adapter
 from align.config import FGRPOAlgorithmConfig, FHALAlgorithmConfig
 from align.data.pairs import load_pairs
 from align.numerics import upcast
-from align.trainers.grpo import AlignGRPOTrainer, grpo_config
+from align.trainers.grpo import AlignGRPOTrainer, build_grpo_trainer
 
 logger = logging.get_logger(__name__)
 
@@ -443,14 +443,12 @@ class AlignFHALTrainer(AlignFGRPOTrainer):
 
 
 def build_fgrpo_trainer(model, tokenizer, train_dataset, rewards: list, weights: list[float],
-                        algo: FGRPOAlgorithmConfig, common_args: dict, *, log_completions: bool = False,
-                        trust_remote_code: bool = False, peft_config=None,
-                        pairs: list[dict] | None = None) -> AlignFGRPOTrainer:
+                        algo: FGRPOAlgorithmConfig, common_args: dict, *, pairs: list[dict] | None = None,
+                        **options) -> AlignFGRPOTrainer:
     """f-GRPO, or f-HAL when `algo` is an FHALAlgorithmConfig (its pairs are loaded from `algo.pairs` unless given)."""
-    args = grpo_config(algo, common_args, weights, log_completions=log_completions,
-                       trust_remote_code=trust_remote_code)
-    kwargs = dict(model=model, reward_funcs=rewards, args=args, train_dataset=train_dataset,
-                  processing_class=tokenizer, peft_config=peft_config, fgrpo=algo)
     if isinstance(algo, FHALAlgorithmConfig):
-        return AlignFHALTrainer(**kwargs, pairs=pairs if pairs is not None else load_pairs(algo.pairs))
-    return AlignFGRPOTrainer(**kwargs)
+        extra = {"trainer_class": AlignFHALTrainer, "pairs": pairs if pairs is not None else load_pairs(algo.pairs)}
+    else:
+        extra = {"trainer_class": AlignFGRPOTrainer}
+    return build_grpo_trainer(model, tokenizer, train_dataset, rewards, weights, algo, common_args, fgrpo=algo,
+                              **extra, **options)

@@ -161,8 +161,12 @@ def grpo_config(algo: GRPOAlgorithmConfig, common_args: dict, reward_weights: li
 
 def build_grpo_trainer(model, tokenizer, train_dataset, rewards: list, weights: list[float],
                        algo: GRPOAlgorithmConfig, common_args: dict, *, log_completions: bool = False,
-                       trust_remote_code: bool = False, peft_config=None) -> AlignGRPOTrainer:
+                       trust_remote_code: bool = False, peft_config=None, trainer_class: type | None = None,
+                       **trainer_kwargs) -> AlignGRPOTrainer:
+    """`trainer_class` (default AlignGRPOTrainer) built from TRL's GRPOConfig for `algo`; the GRPO-family methods
+    pass their subclass and its extra constructor arguments through `trainer_kwargs`."""
     args = grpo_config(algo, common_args, weights, log_completions=log_completions,
                        trust_remote_code=trust_remote_code)
-    return AlignGRPOTrainer(model=model, reward_funcs=rewards, args=args, train_dataset=train_dataset,
-                            processing_class=tokenizer, peft_config=peft_config)
+    return (trainer_class or AlignGRPOTrainer)(model=model, reward_funcs=rewards, args=args,
+                                               train_dataset=train_dataset, processing_class=tokenizer,
+                                               peft_config=peft_config, **trainer_kwargs)

@@ -56,7 +56,7 @@ from trl.data_utils import is_conversational
 from align.config import HintConfig, SAGEAlgorithmConfig
 from align.rewards.verifiers import extract_boxed
 from align.rollout import GroupStats, combine_rewards, group_stats, prompt_key
-from align.trainers.grpo import AlignGRPOTrainer, grpo_config
+from align.trainers.grpo import AlignGRPOTrainer, build_grpo_trainer
 
 logger = logging.get_logger(__name__)
 
@@ -620,9 +620,6 @@ def _gather_object(accelerator, obj) -> list:
 
 
 def build_sage_trainer(model, tokenizer, train_dataset, rewards: list, weights: list[float],
-                       algo: SAGEAlgorithmConfig, common_args: dict, *, log_completions: bool = False,
-                       trust_remote_code: bool = False, peft_config=None) -> AlignSAGETrainer:
-    args = grpo_config(algo, common_args, weights, log_completions=log_completions,
-                       trust_remote_code=trust_remote_code)
-    return AlignSAGETrainer(model=model, reward_funcs=rewards, args=args, train_dataset=train_dataset,
-                            processing_class=tokenizer, peft_config=peft_config, sage=algo)
+                       algo: SAGEAlgorithmConfig, common_args: dict, **options) -> AlignSAGETrainer:
+    return build_grpo_trainer(model, tokenizer, train_dataset, rewards, weights, algo, common_args,
+                              trainer_class=AlignSAGETrainer, sage=algo, **options)
