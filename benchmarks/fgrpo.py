@@ -2,6 +2,7 @@
 
     python benchmarks/fgrpo.py                          # warm start once, then both parts, 3 seeds, 40 steps
     python benchmarks/fgrpo.py --seeds 1 2 3 --steps 40 --init <warm-started model>
+    python benchmarks/fgrpo.py --parts hacking --lams 0.5 --hacking-lr 3e-6 --out results/fgrpo_hacking_lr3e-6.json
 
 Part 1 (divergences): `recipe=fgrpo-arithmetic-tiny` (the quickstart's task and warm start: half the demonstrations
 forget carries) from one warm-started checkpoint: GRPO (the quickstart's GRPO settings) and f-GRPO with each of the
@@ -80,16 +81,27 @@ def main() -> None:
     parser.add_argument("--init", help="warm-started checkpoint (default: run the recipe's warm start)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--parts", nargs="+", choices=("divergences", "hacking"), default=["divergences", "hacking"])
+    parser.add_argument("--lams", type=float, nargs="+", default=[0.5], help="f-HAL lambdas for the hacking part")
+    parser.add_argument("--hacking-lr", type=float, help="learning rate of both hacking-part methods (default: the "
+                                                         "recipes', 3e-5)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "fgrpo.json"))
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="align-fgrpo-bench-"))
     init = args.init or warm_start(workdir)
-    methods = {"grpo": ["recipe=grpo-arithmetic-tiny"]}
-    methods.update({d: ["recipe=fgrpo-arithmetic-tiny", f"algorithm.divergence={d}"] for d in DIVERGENCES})
-    proxy = "reward.sources=[{name: 'benchmarks.fgrpo:near_miss_proxy'}]"
-    hacking = {"fgrpo_js_proxy": ["recipe=fgrpo-arithmetic-tiny", "algorithm.divergence=js", proxy],
-               "fhal_js_proxy": ["recipe=fhal-arithmetic-tiny", proxy]}
+    methods = {"grpo": ["recipe=grpo-arithmetic-tiny"]}  # the baseline of both parts' step-time ratios
+    if "divergences" in args.parts:
+        methods.update({d: ["recipe=fgrpo-arithmetic-tiny", f"algorithm.divergence={d}"] for d in DIVERGENCES})
+    proxy = ["reward.sources=[{name: 'benchmarks.fgrpo:near_miss_proxy'}]"]
+    if args.hacking_lr:
+        proxy.append(f"trainer.learning_rate={args.hacking_lr}")
+    hacking = {}
+    if "hacking" in args.parts:
+        hacking["fgrpo_js_proxy"] = ["recipe=fgrpo-arithmetic-tiny", "algorithm.divergence=js", *proxy]
+        for lam in args.lams:
+            name = "fhal_js_proxy" if lam == 0.5 else f"fhal_js_lam{lam:g}_proxy"
+            hacking[name] = ["recipe=fhal-arithmetic-tiny", f"algorithm.lam={lam}", *proxy]
     runs = {name: [] for name in (*methods, *hacking)}
     for seed in args.seeds:
         for name, overrides in {**methods, **hacking}.items():
@@ -111,6 +123,7 @@ def main() -> None:
                   "num_generations": 8, "heldout_accuracy_before": runs["grpo"][0]["accuracy_before"],
                   "eval": "greedy, 200 held-out problems, exact boxed answer",
                   "proxy": "near_miss_proxy: boxed answer within 10 of the truth",
+                  "hacking_learning_rate": args.hacking_lr or "recipes' (3e-5)",
                   "machine": "2 CPU cores, runs sequential"},
         "divergences": {name: summarize(name) for name in methods},
         "hacking_gap": {name: {**summarize(name),
