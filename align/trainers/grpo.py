@@ -8,9 +8,10 @@ The loss is TRL's, unchanged: `loss_type` grpo | dapo | dr_grpo | bnpo, and GSPO
   groups/within_group_std    mean within-group reward std
   groups/never_solved_frac   distinct prompts trained on so far with no completion scoring > 0 yet (checkpointed)
   timing/{generation,reward,ref_logprobs,other,update,step}_s
-                             wall time per phase; `ref_logprobs` is every no-grad log-prob forward (the reference
-                             model, and the old policy when steps_per_generation > 1); `other` is the rest of the
-                             rollout (tokenization, padding, advantages); `update` is forward/backward/optimizer
+                             wall time per phase; `ref_logprobs` is every no-grad log-prob forward of the rollout
+                             (the reference model, and the old policy when steps_per_generation > 1); `other` is the
+                             rest of the rollout (tokenization, padding, advantages); `update` is the loss's forwards,
+                             backward and optimizer step
   perf/tokens_per_s          prompt + completion tokens of the micro-batches trained on in this step, summed over
                              processes, per second of step time
 
@@ -52,6 +53,7 @@ class AlignGRPOTrainer(GRPOTrainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._phases = PhaseTimer()
+        self._in_rollout = False
         self._step_tokens = 0
         self.solved_prompts = SolvedPrompts()
         self.add_callback(_StepBoundaries(self))
@@ -63,15 +65,21 @@ class AlignGRPOTrainer(GRPOTrainer):
     # --- observed phases -------------------------------------------------------------------------------------------
 
     def _generate_and_score_completions(self, inputs):
-        with self._phases("rollout"):
-            return super()._generate_and_score_completions(inputs)
+        self._in_rollout = True
+        try:
+            with self._phases("rollout"):
+                return super()._generate_and_score_completions(inputs)
+        finally:
+            self._in_rollout = False
 
     def _generate(self, prompts):
         with self._phases("generation"):
             return super()._generate(prompts)
 
     def _get_per_token_logps_and_entropies(self, model, *args, **kwargs):
-        if torch.is_grad_enabled():  # the policy forward of the update itself
+        # Only the rollout's no-grad forwards (reference, old policy) are their own phase; every forward inside the
+        # loss (the policy's, and e.g. f-HAL's reference forward on its pairs) is part of the update.
+        if not self._in_rollout or torch.is_grad_enabled():
             return super()._get_per_token_logps_and_entropies(model, *args, **kwargs)
         with self._phases("ref_logprobs"):
             return super()._get_per_token_logps_and_entropies(model, *args, **kwargs)
