@@ -32,6 +32,7 @@ sys.path.insert(0, str(REPO))
 
 from align.rewards.verifiers import completion_text, extract_boxed  # noqa: E402
 from align.train import run  # noqa: E402
+from benchmarks.common import spread  # noqa: E402
 from tests.conftest import compose  # noqa: E402
 
 DIVERGENCES = ("kl", "reverse_kl", "pearson", "hellinger", "js", "tv")
@@ -70,10 +71,6 @@ def one_run(name: str, overrides: list[str], init: str, seed: int, steps: int, w
         if key in history[-1]:
             result[key] = history[-1][key]
     return result
-
-
-def spread(values: list[float]) -> dict:
-    return {"mean": statistics.fmean(values), "min": min(values), "max": max(values), "values": values}
 
 
 def main() -> None:

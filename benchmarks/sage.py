@@ -30,6 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from align.train import run  # noqa: E402
+from benchmarks.common import spread  # noqa: E402
 from tests.conftest import compose  # noqa: E402
 
 RECIPE = "sage-arithmetic-tiny"
@@ -92,10 +93,6 @@ def one_run(method: str, init: str, seed: int, steps: int, workdir: Path, grpo_r
     result["example_hints"] = [json.loads(line) for line in hints.read_text().splitlines()[:3]] if hints.exists() \
         else []
     return result
-
-
-def spread(values: list[float]) -> dict:
-    return {"mean": statistics.fmean(values), "min": min(values), "max": max(values), "values": values}
 
 
 def main() -> None:

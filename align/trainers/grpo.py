@@ -102,8 +102,7 @@ class AlignGRPOTrainer(GRPOTrainer):
             self._metrics[self._mode][f"groups/{name}"].append(value)
         if self._mode == "train":
             # Groups may straddle processes: key every completion, gather in the rewards' order, take each group's.
-            keys = [prompt_key(p) for p in prompts]
-            keys = gather_object(keys) if self.accelerator.num_processes > 1 else keys
+            keys = gather_object([prompt_key(p) for p in prompts])  # as is on a single process
             self.solved_prompts.update(keys[::group_size], (stats.successes > 0).tolist())
             self._metrics["train"]["groups/never_solved_frac"].append(self.solved_prompts.never_solved_frac())
         return rewards_per_func

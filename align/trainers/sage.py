@@ -48,6 +48,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
+from accelerate.utils import gather_object
 from transformers import GenerationConfig
 from transformers.utils import logging
 from trl.chat_template_utils import parse_response
@@ -431,7 +432,7 @@ class AlignSAGETrainer(AlignGRPOTrainer):
             level = next_light_level(self.hint_state.levels.get(key, 0), after.successes[g].item() / G,
                                      cfg.light_rule, cfg.light_alpha, cfg.light_low)
             updates.append((key, level, (new_hints or {}).get(g)))
-        for rank_updates in _gather_object(self.accelerator, updates):
+        for rank_updates in gather_object([updates]):  # one list per process, in rank order
             for key, level, hint in rank_updates:
                 self.hint_state.update(key, level, hint)
         return after
@@ -608,15 +609,6 @@ class AlignSAGETrainer(AlignGRPOTrainer):
 
 def _new_counts() -> dict[str, float]:
     return dict.fromkeys(("hints_requested", "hints_parsed", "hints_failed", "hints_leaked", "hints_reused"), 0)
-
-
-def _gather_object(accelerator, obj) -> list:
-    """`obj` from every rank, in rank order."""
-    if accelerator.num_processes == 1:
-        return [obj]
-    from accelerate.utils import gather_object
-
-    return gather_object([obj])
 
 
 def build_sage_trainer(model, tokenizer, train_dataset, rewards: list, weights: list[float],
