@@ -25,6 +25,7 @@ SAGE_SCHEDULES = ("sage", "sage_light")
 SAGE_TRIGGERS = ("no_success", "zero_variance")
 SAGE_LIGHT_RULES = ("paper", "bidirectional")
 FGRPO_DIVERGENCES = ("kl", "reverse_kl", "pearson", "hellinger", "js", "tv")
+REWARD_MODEL_OBJECTIVES = ("bradley_terry", "gaussian_anchor", "causal_rm")
 
 
 class ConfigError(ValueError):
@@ -204,6 +205,90 @@ class FHALAlgorithmConfig(FGRPOAlgorithmConfig):
 
 
 @dataclass
+class SyntheticPreferenceConfig:
+    """The embedded known-truth preference world (align.data.preferences): each response's true reward is
+    N(mu, sigma^2) with mu and sigma functions of its words."""
+
+    num_train: int = 2000
+    num_eval: int = 400
+    seed: int = 0
+    annotators: int = 5  # pairs: simulated annotators voting per pair (soft label = their vote share)
+    rho_01: float = 0.2  # feedback rows: P(observed label 0 | true label 1)
+    rho_10: float = 0.1  # feedback rows: P(observed label 1 | true label 0)
+    propensity: List[float] = field(default_factory=lambda: [0.15, 0.6])  # P(feedback | true label 0), (| 1)
+
+
+@dataclass
+class RewardDataConfig:
+    """Reward-model data (docs/reward_models.md): preference pairs (bradley_terry, gaussian_anchor) or one row per
+    shown response with observational feedback (causal_rm)."""
+
+    source: str = "synthetic"  # "synthetic", a local .jsonl/.json/.parquet/.csv file or directory, or a hub name
+    subset: Optional[str] = None
+    split: str = "train"
+    eval_split: Optional[str] = None  # held-out split; else the last eval_size rows of train
+    eval_size: int = 0
+    max_rows: Optional[int] = None  # keep the first rows of train
+    system_prompt: Optional[str] = None  # prepended to string prompts
+    max_length: int = 512  # prompt + response tokens; longer rows are dropped (counted in the log)
+    prompt_column: str = "prompt"
+    # Pairs: chosen / rejected columns, or two response columns + the index of the preferred one.
+    chosen_column: str = "chosen"
+    rejected_column: str = "rejected"
+    response_columns: Optional[List[str]] = None
+    preferred_index_column: Optional[str] = None
+    label_column: Optional[str] = None  # soft label: share of votes for `chosen`, in [0, 1]
+    votes_columns: Optional[List[str]] = None  # [votes for chosen, votes for rejected] or + [ties] (ties count half)
+    score_columns: Optional[List[str]] = None  # external scores of [chosen, rejected]: anchors at percentiles
+    anchor_columns: Optional[List[str]] = None  # ordinal labels 0..K of [chosen, rejected], given directly
+    # Observational feedback (causal_rm): one row per shown response.
+    response_column: str = "response"
+    observed_column: str = "observed"  # 1 = the user gave feedback, 0 = no feedback
+    feedback_column: str = "label"  # the (noisy) feedback label 0 / 1 where observed; anything where not
+    propensity_column: Optional[str] = None  # known P(feedback | row) of the logging system, instead of fitting one
+    true_label_column: Optional[str] = None  # held-out only: clean labels for accuracy / AUC
+    synthetic: SyntheticPreferenceConfig = field(default_factory=SyntheticPreferenceConfig)
+
+
+@dataclass
+class AnchorConfig:
+    """gaussian_anchor: ordinal anchors that fix the scale and offset of mu and sigma."""
+
+    count: int = 2  # 0 (pairs only: sigma is not identified), 1 (binary probit) or 2
+    percentiles: List[float] = field(default_factory=lambda: [25.0, 75.0])  # of the standardised training score
+    lam: float = 0.1  # weight of the anchor term
+    fraction: float = 1.0  # share of training pairs that carry anchors (a fixed subset)
+
+
+@dataclass
+class CausalRMConfig:
+    """causal_rm: noise-aware loss and inverse propensity weighting (docs/reward_models.md)."""
+
+    noise_correction: bool = True  # the noise-aware surrogate (False: plain BCE on the observed labels)
+    rho_01: Optional[float] = None  # P(y~ = 0 | y = 1); both unset: estimated from a noisy-label model
+    rho_10: Optional[float] = None  # P(y~ = 1 | y = 0)
+    noise_quantile: float = 0.97  # estimation: rho_10 ~ sigmoid(q_(1-this)), rho_01 ~ 1 - sigmoid(q_this)
+    propensity_weighting: bool = True  # IPS over all rows (False: train on the observed rows only)
+    propensity_clip: List[float] = field(default_factory=lambda: [0.1, 1.0])
+    doubly_robust: bool = False  # add an imputation model's loss on every row (needs propensity_weighting)
+    aux_l2: float = 1e-3  # ridge penalty of the logistic propensity / noisy-label models on frozen features
+
+
+@dataclass
+class RewardModelAlgorithmConfig:
+    """A reward model on TRL's RewardTrainer: Bradley-Terry, anchor-guided Gaussian, or CausalRM."""
+
+    name: str = "reward_model"
+    objective: str = "bradley_terry"  # bradley_terry | gaussian_anchor | causal_rm
+    center_rewards_coefficient: Optional[float] = None  # bradley_terry: TRL's penalty on (r_w + r_l)^2
+    anchors: AnchorConfig = field(default_factory=AnchorConfig)
+    causal: CausalRMConfig = field(default_factory=CausalRMConfig)
+    eval_steps: int = 0  # held-out metrics every this many steps (0: before and after training only)
+    data: RewardDataConfig = field(default_factory=RewardDataConfig)
+    trl: Dict[str, Any] = field(default_factory=dict)  # further RewardConfig fields, passed through as given
+
+
+@dataclass
 class SFTAlgorithmConfig:
     name: str = "sft"
     completion_column: str = "solution"
@@ -280,7 +365,8 @@ class AlignConfig:
 
 
 ALGORITHMS = {"grpo": GRPOAlgorithmConfig, "sage": SAGEAlgorithmConfig, "fgrpo": FGRPOAlgorithmConfig,
-              "fhal": FHALAlgorithmConfig, "sft": SFTAlgorithmConfig}
+              "fhal": FHALAlgorithmConfig, "sft": SFTAlgorithmConfig,
+              "reward_model": RewardModelAlgorithmConfig}
 
 
 def register_configs() -> None:
@@ -347,14 +433,17 @@ def validate(cfg: AlignConfig, processes: int | None = None) -> None:
                           "(or unset it).")
     if isinstance(algo, GRPOAlgorithmConfig):
         _validate_grpo(cfg, algo, processes)
+    if isinstance(algo, RewardModelAlgorithmConfig):
+        _validate_reward_model(cfg, algo)
     _validate_passthrough(cfg)
 
 
 def _validate_passthrough(cfg: AlignConfig) -> None:
     """`trainer.trl` / `algorithm.trl` must name real fields of the TRL config, and none that align sets itself."""
-    from trl import GRPOConfig, SFTConfig
+    from trl import GRPOConfig, RewardConfig, SFTConfig
 
-    trl_class = GRPOConfig if isinstance(cfg.algorithm, GRPOAlgorithmConfig) else SFTConfig
+    trl_class = GRPOConfig if isinstance(cfg.algorithm, GRPOAlgorithmConfig) else \
+        RewardConfig if isinstance(cfg.algorithm, RewardModelAlgorithmConfig) else SFTConfig
     known = {f.name for f in dataclasses.fields(trl_class)}
     for key, node in (("trainer.trl", cfg.trainer), ("algorithm.trl", cfg.algorithm)):
         owned = {f.name for f in dataclasses.fields(node)} - {"trl", "name"}
@@ -463,3 +552,61 @@ def _validate_sage(algo: SAGEAlgorithmConfig, trainer: TrainerConfig) -> None:
             f"(per_device_train_batch_size {trainer.per_device_train_batch_size} x steps {steps} = {local}) must be a "
             f"multiple of num_generations {algo.num_generations}."
         )
+
+
+def _pair_of_columns(key: str, value, sizes: tuple[int, ...] = (2,)) -> None:
+    if value is not None and len(value) not in sizes:
+        raise ConfigError(f"{key} must list {' or '.join(map(str, sizes))} columns, got {list(value)}.")
+
+
+def _validate_reward_model(cfg: AlignConfig, algo: RewardModelAlgorithmConfig) -> None:
+    _one_of("algorithm.objective", algo.objective, REWARD_MODEL_OBJECTIVES)
+    if cfg.warm_start.max_steps:
+        raise ConfigError("warm_start trains a policy by SFT; a reward model has no warm start. Set "
+                          "warm_start.max_steps=0.")
+    data, anchors, causal = algo.data, algo.anchors, algo.causal
+    _positive("algorithm.data.max_length", data.max_length)
+    if algo.eval_steps < 0:
+        raise ConfigError(f"algorithm.eval_steps must be >= 0 (0 = before and after training), got {algo.eval_steps}.")
+    _pair_of_columns("algorithm.data.response_columns", data.response_columns)
+    _pair_of_columns("algorithm.data.votes_columns", data.votes_columns, (2, 3))
+    _pair_of_columns("algorithm.data.score_columns", data.score_columns)
+    _pair_of_columns("algorithm.data.anchor_columns", data.anchor_columns)
+    if data.label_column and data.votes_columns:
+        raise ConfigError("Set algorithm.data.label_column (soft labels) or algorithm.data.votes_columns, not both.")
+    if data.score_columns and data.anchor_columns:
+        raise ConfigError("Set algorithm.data.score_columns (anchors from a score) or algorithm.data.anchor_columns "
+                          "(given ordinal labels), not both.")
+    if algo.objective == "gaussian_anchor":
+        if anchors.count not in (0, 1, 2):
+            raise ConfigError(f"algorithm.anchors.count must be 0, 1 or 2, got {anchors.count}.")
+        if anchors.count and len(anchors.percentiles) < anchors.count:
+            raise ConfigError(f"algorithm.anchors.percentiles {list(anchors.percentiles)} needs one percentile per "
+                              f"anchor ({anchors.count}).")
+        if anchors.count and not (data.source == "synthetic" or data.score_columns or data.anchor_columns):
+            raise ConfigError(f"algorithm.anchors.count is {anchors.count} but the data names no anchor source: set "
+                              f"algorithm.data.score_columns=[<chosen score>,<rejected score>] or "
+                              f"algorithm.data.anchor_columns, or algorithm.anchors.count=0 (sigma is then not "
+                              f"identified).")
+        if anchors.lam < 0 or not 0 <= anchors.fraction <= 1:
+            raise ConfigError(f"algorithm.anchors.lam must be >= 0 and fraction in [0, 1]; got {anchors.lam} and "
+                              f"{anchors.fraction}.")
+    if algo.objective == "causal_rm":
+        given = [r for r in (causal.rho_01, causal.rho_10) if r is not None]
+        if len(given) == 1:
+            raise ConfigError("Give both algorithm.causal.rho_01 and rho_10 (or neither, to estimate them).")
+        if given and not causal.noise_correction:
+            raise ConfigError("algorithm.causal.rho_01 / rho_10 are set but noise_correction is off; unset them or "
+                              "turn noise_correction on.")
+        if given and (not all(0 <= r < 1 for r in given) or sum(given) >= 1):
+            raise ConfigError(f"algorithm.causal.rho_01 + rho_10 must be < 1, each in [0, 1) (labels more informative "
+                              f"than a coin flip); got rho_01={causal.rho_01}, rho_10={causal.rho_10}.")
+        if not 0.5 < causal.noise_quantile < 1:
+            raise ConfigError(f"algorithm.causal.noise_quantile must lie in (0.5, 1), got {causal.noise_quantile}.")
+        clip = list(causal.propensity_clip)
+        if len(clip) != 2 or not 0 < clip[0] <= clip[1] <= 1:
+            raise ConfigError(f"algorithm.causal.propensity_clip must be [low, high] with 0 < low <= high <= 1, got "
+                              f"{clip}.")
+        if causal.doubly_robust and not causal.propensity_weighting:
+            raise ConfigError("algorithm.causal.doubly_robust corrects the imputation with inverse propensity "
+                              "weights; it needs propensity_weighting=true.")

@@ -30,6 +30,7 @@ from align.config import (
     FGRPOAlgorithmConfig,
     FHALAlgorithmConfig,
     GRPOAlgorithmConfig,
+    RewardModelAlgorithmConfig,
     SAGEAlgorithmConfig,
     SFTAlgorithmConfig,
     register_configs,
@@ -176,6 +177,9 @@ def _peft_config(config: AlignConfig):
         return None
     from peft import LoraConfig
 
+    if isinstance(config.algorithm, RewardModelAlgorithmConfig):  # the fresh reward head trains in full
+        return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                          target_modules=list(lora.target_modules), task_type="SEQ_CLS", modules_to_save=["score"])
     return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                       target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
 
@@ -238,6 +242,8 @@ def run(cfg: DictConfig) -> dict:
     config: AlignConfig = OmegaConf.to_object(cfg)
     validate(config)
     resolve_model_path(config.model.path)  # a missing local path fails here, before anything is loaded
+    if isinstance(config.algorithm, RewardModelAlgorithmConfig):
+        return _run_reward_model(config, cfg)
 
     train_dataset, held_out = load_splits(config.data, required=_required_columns(config))
     if isinstance(config.algorithm, SAGEAlgorithmConfig):
@@ -326,6 +332,62 @@ def run(cfg: DictConfig) -> dict:
     del model, trainer
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+    return summary
+
+
+def _run_reward_model(config: AlignConfig, cfg: DictConfig) -> dict:
+    """Train a reward model: data -> tokenizer -> run dir -> model -> held-out metrics before -> train -> after -> save.
+
+    The final model is a sequence-classification checkpoint (safetensors) whose config.json records the objective,
+    the head and what scoring needs (anchor thresholds, noise rates); `reward=reward_model` scores with it."""
+    from align.data.preferences import load_reward_data
+    from align.models import load_tokenizer
+    from align.plotting import plot_training_curves
+    from align.tracking import finish_tracking, redact, start_tracking
+    from align.trainers.common import distributed_state, training_arguments
+    from align.trainers.reward_model import build_reward_model_trainer, load_reward_model
+
+    algo = config.algorithm
+    train_rows, held_out_rows, info = load_reward_data(algo.data, algo.objective)
+    tokenizer = load_tokenizer(config.model.path, revision=config.model.revision,
+                               trust_remote_code=config.model.trust_remote_code,
+                               chat_template=config.model.chat_template)
+    state = distributed_state()
+    run_dir, run_name = shared_run_dir(config, state)
+    resolved = redact(OmegaConf.to_container(cfg, resolve=True))
+    if state.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
+        print(f"[align] run directory: {run_dir} ({state.num_processes} process(es), "
+              f"{state.distributed_type.value}); {len(train_rows)} training rows"
+              + (f", {len(held_out_rows)} held out" if held_out_rows else "")
+              + (f"; {info['dropped_ties']} tied pairs dropped" if info.get("dropped_ties") else ""), flush=True)
+    report_to = start_tracking(config.logger, run_dir, run_name, resolved, state.is_main_process)
+    model = load_reward_model(config.model.path, algo.objective, dtype=config.model.dtype,
+                              revision=config.model.revision, trust_remote_code=config.model.trust_remote_code)
+    common = training_arguments(config, run_dir, report_to, run_name)
+    try:
+        trainer = build_reward_model_trainer(model, tokenizer, train_rows, held_out_rows, algo, common,
+                                             peft_config=_peft_config(config))
+    except ValueError as err:  # anchors or noise rates that the data cannot support: a data problem
+        from align.data import DataError
+
+        raise DataError(str(err)) from err
+    before = trainer.evaluate() if trainer.eval_dataset is not None else {}
+    trainer.train()
+    after = trainer.evaluate() if trainer.eval_dataset is not None else {}
+    _save_final(trainer, tokenizer, run_dir / "final")
+    summary = {"run_dir": str(run_dir), "final_model": str(run_dir / "final"),
+               "eval_before": before, "eval_after": after}
+    if state.is_main_process:
+        plot = plot_training_curves(trainer.state.log_history, [], run_dir / "curves.png", title=run_name)
+        summary["plot"] = str(plot)
+        for key in ("eval_accuracy", "eval_auc", "eval_brier", "eval_cross_entropy", "eval_sigma_mean"):
+            if key in after:
+                print(f"[align] held-out {key[5:]}: {before[key]:.4f} -> {after[key]:.4f}", flush=True)
+        print(f"[align] final reward model: {summary['final_model']}\n[align] plot: {plot}", flush=True)
+    finish_tracking(config.logger, state.is_main_process)
+    state.wait_for_everyone()
     return summary
 
 

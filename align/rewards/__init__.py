@@ -19,7 +19,10 @@ import inspect
 import math
 import numbers
 
-from align.rewards.verifiers import BUILTIN_REWARDS, completion_text
+from align.rewards.reward_model import reward_model
+from align.rewards.verifiers import VERIFIERS, completion_text
+
+BUILTIN_REWARDS = {**VERIFIERS, "reward_model": reward_model}
 
 __all__ = [
     "BUILTIN_REWARDS",

@@ -188,7 +188,7 @@ def format_boxed(prompts, completions, completion_ids=None, **kwargs) -> list[fl
     return rewards
 
 
-BUILTIN_REWARDS = {
+VERIFIERS = {
     "exact_match": exact_match,
     "numeric_match": numeric_match,
     "boxed_match": boxed_match,

@@ -92,14 +92,20 @@ Decisions the spec leaves open:
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import logging
 import math
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from trl import RewardTrainer
 
 from align.numerics import upcast
+
+log = logging.getLogger(__name__)
 
 Z_CLAMP = 6.0
 VARIANCE_FLOOR = 1e-6
@@ -469,3 +475,513 @@ def soft_cross_entropy(prob: torch.Tensor, soft_label: torch.Tensor | Number) ->
     p = upcast(_vector("prob", prob)).clamp(PROB_FLOOR, 1 - PROB_FLOOR)
     s = _like(soft_label, p)
     return -(s * torch.log(p) + (1 - s) * torch.log1p(-p)).mean()
+
+
+def roc_auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """Area under the ROC curve: the probability that a random positive scores above a random negative, ties
+    counting half (the Mann-Whitney statistic, from average ranks). NaN when one class is absent.
+
+    scores  (N,) any real scores;  labels (N,) in {0, 1}
+    """
+    _same_shape(scores=scores, labels=labels)
+    _check_binary("labels", labels)
+    s = upcast(scores).double().cpu().numpy()
+    y = labels.cpu().numpy().astype(bool)
+    positives, negatives = int(y.sum()), int((~y).sum())
+    if positives == 0 or negatives == 0:
+        return float("nan")
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(len(s), dtype=np.float64)
+    sorted_s = s[order]
+    start = 0
+    while start < len(s):  # tied scores share their average rank
+        end = start
+        while end + 1 < len(s) and sorted_s[end + 1] == sorted_s[start]:
+            end += 1
+        ranks[order[start:end + 1]] = (start + end) / 2 + 1
+        start = end + 1
+    return float((ranks[y].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# CausalRM's auxiliary models: logistic regressions on frozen features
+
+
+def fit_logistic(features: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None,
+                 l2: float = 1e-3, max_iter: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
+    """(w, b) of a weighted, ridge-penalised logistic regression, fitted to convergence with L-BFGS.
+
+    features (N, H) float; targets (N,) in [0, 1] (soft targets allowed); weights (N,) >= 0 or None (all 1).
+    Minimises sum_i w_i BCE(x_i . w + b, t_i) / sum_i w_i + l2 / 2 * |w|^2 in float64 on standardised features; the
+    returned (w, b) apply to the raw features (`logistic_logits`). Deterministic: same inputs, same result.
+    """
+    x = features.detach().double().cpu()
+    t = targets.detach().double().cpu()
+    if x.ndim != 2 or t.shape != (x.shape[0],) or x.shape[0] == 0:
+        raise ValueError(f"Expected features (N, H) and targets (N,) with N > 0; got {tuple(x.shape)} and "
+                         f"{tuple(t.shape)}.")
+    w_rows = torch.ones_like(t) if weights is None else weights.detach().double().cpu()
+    if (w_rows < 0).any() or w_rows.sum() <= 0:
+        raise ValueError("Sample weights must be >= 0 and not all 0.")
+    w_rows = w_rows / w_rows.sum()
+    mean, std = x.mean(0), x.std(0, unbiased=False).clamp(min=1e-8)
+    z = (x - mean) / std
+    coef = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([coef, bias], max_iter=max_iter, tolerance_grad=1e-9, tolerance_change=1e-12,
+                                  line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        logits = z @ coef + bias
+        loss = (w_rows * F.binary_cross_entropy_with_logits(logits, t, reduction="none")).sum()
+        loss = loss + 0.5 * l2 * coef.pow(2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    coef, bias = coef.detach() / std, bias.detach() - (coef.detach() / std) @ mean
+    return coef, bias
+
+
+def logistic_logits(features: torch.Tensor, coef: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """(N,) float64 logits of `fit_logistic`'s model for features (N, H)."""
+    return features.detach().double().cpu() @ coef + bias
+
+
+def imputed_clean_probability(noisy_probability: torch.Tensor, rho_01: float, rho_10: float) -> torch.Tensor:
+    """eta(x) = (P(y~ = 1 | x) - rho_10) / (1 - rho_01 - rho_10), clipped to [0, 1]: the clean-label probability a
+    noisy-label model implies, used as the doubly robust estimator's imputed label."""
+    rho_01, rho_10 = _check_noise_rates(rho_01, rho_10)
+    return ((upcast(noisy_probability) - rho_10) / (1.0 - rho_01 - rho_10)).clamp(0.0, 1.0)
+
+
+def soft_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(N,) BCE of sigmoid(f) against soft targets t in [0, 1]: t l(f, 1) + (1 - t) l(f, 0)."""
+    f = upcast(logits)
+    t = _like(target, f)
+    return t * F.softplus(-f) + (1 - t) * F.softplus(f)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Models and inputs
+
+GAUSSIAN_LABELS = {0: "mu", 1: "variance_raw"}  # the two-output head of a Gaussian reward model, in config.json
+CONFIG_KEY = "align_reward"  # config.json entry: objective, head, anchor thresholds, score standardisation, ...
+
+
+def reward_input_ids(tokenizer, prompt: list[dict], response: str) -> list[int]:
+    """Token ids a reward model reads for one (prompt, response): the chat template over the prompt messages plus
+    the response as the assistant turn. Training, scoring as a reward source and best-of-N all go through this, so a
+    reward model scores exactly what it was trained on."""
+    messages = [*prompt, {"role": "assistant", "content": response}]
+    return tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
+
+
+def is_gaussian(config) -> bool:
+    """Whether a sequence-classification config is align's Gaussian reward model (mean + raw variance head)."""
+    return getattr(config, CONFIG_KEY, {}).get("head") == "gaussian"
+
+
+def load_reward_model(path: str, objective: str, *, dtype: str = "auto", revision: str | None = None,
+                      trust_remote_code: bool = False):
+    """A sequence-classification model to train: one output (bradley_terry, causal_rm) or two (gaussian_anchor: mu
+    and the raw variance v, sigma^2 = softplus(v) + 1e-6), on top of `path`'s backbone (safetensors only). A causal
+    LM checkpoint gets a fresh bias-free linear head on its last-token hidden state."""
+    from transformers import AutoModelForSequenceClassification
+    from trl.trainer.reward_trainer import suppress_seqcls_warning
+
+    from align.models import resolve_dtype, resolve_model_path
+
+    gaussian = objective == "gaussian_anchor"
+    labels = GAUSSIAN_LABELS if gaussian else {0: "reward"}
+    with suppress_seqcls_warning():  # the new head and the dropped LM head are expected, not worth a warning
+        model = AutoModelForSequenceClassification.from_pretrained(
+            resolve_model_path(path), num_labels=len(labels), id2label=labels,
+            label2id={v: k for k, v in labels.items()}, dtype=resolve_dtype(dtype), revision=revision,
+            trust_remote_code=trust_remote_code, use_safetensors=True)
+    setattr(model.config, CONFIG_KEY, {"objective": objective, "head": "gaussian" if gaussian else "scalar"})
+    return model
+
+
+@contextlib.contextmanager
+def _presented_as_scalar(model):
+    """TRL's RewardTrainer refuses any head with more than one output; the Gaussian model's two outputs are the
+    point, so the check sees one label while the trainer is built."""
+    id2label = model.config.id2label
+    model.config.id2label = {0: "reward"}
+    try:
+        yield
+    finally:
+        model.config.id2label = id2label
+
+
+def _pad_right(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask), both (B, T), right-padded."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, s in enumerate(sequences):
+        ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, :len(s)] = 1
+    return ids, mask
+
+
+PAIR_FIELDS = {"soft_label": torch.float32, "anchor_chosen": torch.long, "anchor_rejected": torch.long,
+               "anchor_mask": torch.bool}
+FEEDBACK_FIELDS = {"observed": torch.long, "label": torch.long, "propensity": torch.float32,
+                   "imputed": torch.float32, "true_label": torch.long}
+
+
+@dataclasses.dataclass
+class RewardCollator:
+    """Pads token ids on the right and stacks the per-row fields present in the rows.
+
+    Pairs (rows with chosen_ids / rejected_ids): input_ids is (2P, T), chosen first, then rejected (TRL's layout).
+    Feedback rows (input_ids): (N, T).
+    """
+
+    pad_token_id: int
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        if "chosen_ids" in rows[0]:
+            sequences, fields = [r["chosen_ids"] for r in rows] + [r["rejected_ids"] for r in rows], PAIR_FIELDS
+        else:
+            sequences, fields = [r["input_ids"] for r in rows], FEEDBACK_FIELDS
+        input_ids, attention_mask = _pad_right(sequences, self.pad_token_id)
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+        batch.update({key: torch.tensor([r[key] for r in rows], dtype=dtype)
+                      for key, dtype in fields.items() if key in rows[0]})
+        return batch
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Trainers
+
+
+class AlignRewardTrainer(RewardTrainer):
+    """Pairwise reward models on TRL's RewardTrainer: Bradley-Terry (TRL's loss) and the anchor-guided Gaussian model.
+
+    Only the loss changes (`compute_loss`); the inputs arrive tokenized (`reward_input_ids`) with per-pair soft
+    labels and, for anchors, ordinal labels and the fixed anchor mask. Evaluation gathers every held-out pair and
+    logs full-set metrics: accuracy (mu_w > mu_l), Brier score and cross-entropy of P(y_w > y_l) against the soft
+    labels, and the mean predicted sigma.
+    """
+
+    def __init__(self, *args, objective: str = "bradley_terry", thresholds: tuple[float, ...] = (),
+                 lam: float = DEFAULT_LAMBDA, **kwargs):
+        self.objective, self.thresholds, self.lam = objective, tuple(thresholds), lam
+        model = kwargs["model"]
+        with _presented_as_scalar(model) if objective == "gaussian_anchor" else contextlib.nullcontext():
+            super().__init__(*args, **kwargs)
+        self._eval_buffer: dict[str, list[torch.Tensor]] = {}
+
+    def _set_signature_columns_if_needed(self):
+        if self._signature_columns is None:
+            self._signature_columns = ["chosen_ids", "rejected_ids", "input_ids", *PAIR_FIELDS, *FEEDBACK_FIELDS]
+
+    def _forward(self, model, inputs) -> torch.Tensor:
+        """(B, outputs) head outputs in float32."""
+        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
+        return outputs.logits.float()
+
+    def _count_tokens(self, inputs, mode: str) -> None:
+        if mode == "train":
+            self._total_train_tokens += self.accelerator.gather_for_metrics(
+                inputs["attention_mask"].sum()).sum().item() // self._tp_size
+        self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+
+    def _log_mean(self, mode: str, name: str, value: torch.Tensor) -> None:
+        self._metrics[mode][name].append(self.accelerator.gather_for_metrics(value.detach().reshape(1)).mean().item())
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mode = "train" if self.model.training else "eval"
+        heads = self._forward(model, inputs)
+        soft = inputs["soft_label"]
+        if self.objective == "gaussian_anchor":
+            mu, var = heads[:, 0], variance_from_raw(heads[:, 1])
+            (mu_w, mu_l), (var_w, var_l) = mu.chunk(2), var.chunk(2)
+            if self.thresholds:
+                loss, pref, anchor = gaussian_anchor_loss(
+                    mu_w, var_w, mu_l, var_l, soft, inputs["anchor_chosen"], inputs["anchor_rejected"],
+                    self.thresholds, self.lam, inputs["anchor_mask"])
+                if mode == "train":
+                    self._log_mean(mode, "loss_pref", pref)
+                    self._log_mean(mode, "loss_anchor", anchor)
+            else:
+                loss = gaussian_preference_loss(mu_w, var_w, mu_l, var_l, soft)
+            prob = preference_probability(mu_w, var_w, mu_l, var_l)
+            if mode == "train":
+                self._log_mean(mode, "sigma_mean", var.detach().sqrt().mean())
+        else:
+            mu_w, mu_l = heads[:, 0].chunk(2)
+            var_w = var_l = None
+            loss = bradley_terry_loss(mu_w, mu_l)  # TRL's loss; soft labels only orient the pair
+            if self.args.center_rewards_coefficient is not None:
+                loss = loss + self.args.center_rewards_coefficient * ((mu_w + mu_l) ** 2).mean()
+            prob = torch.sigmoid(mu_w - mu_l)
+        self._count_tokens(inputs, mode)
+        with torch.no_grad():
+            if mode == "train":  # held-out metrics are computed over the whole set at the end (`log`)
+                self._log_mean(mode, "accuracy", pairwise_accuracy(mu_w, mu_l))
+                self._log_mean(mode, "margin", (mu_w - mu_l).mean())
+                self._log_mean(mode, "mean_reward", heads[:, 0].mean())
+            else:
+                pairs = {"mu_w": mu_w, "mu_l": mu_l, "prob": prob, "soft_label": soft.float()}
+                if var_w is not None:
+                    pairs.update(sigma_w=var_w.sqrt(), sigma_l=var_l.sqrt())
+                for key, value in pairs.items():
+                    self._eval_buffer.setdefault(key, []).append(self.accelerator.gather_for_metrics(value.detach()))
+        return (loss, heads) if return_outputs else loss
+
+    def _full_set_metrics(self, buffer: dict[str, torch.Tensor]) -> dict[str, float]:
+        metrics = {"accuracy": pairwise_accuracy(buffer["mu_w"], buffer["mu_l"]).item(),
+                   "brier": brier_score(buffer["prob"], buffer["soft_label"]).item(),
+                   "cross_entropy": soft_cross_entropy(buffer["prob"], buffer["soft_label"]).item()}
+        if "sigma_w" in buffer:
+            metrics["sigma_mean"] = torch.cat([buffer["sigma_w"], buffer["sigma_l"]]).mean().item()
+        return metrics
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self._eval_buffer and not self.model.training:
+            buffer = {key: torch.cat(values).float().cpu() for key, values in self._eval_buffer.items()}
+            self._eval_buffer = {}
+            logs.update({f"eval_{key}": value for key, value in self._full_set_metrics(buffer).items()})
+        super().log(logs, start_time)
+
+
+class AlignCausalRMTrainer(AlignRewardTrainer):
+    """CausalRM on TRL's RewardTrainer: a scalar reward model trained on observational feedback rows.
+
+    Rows arrive tokenized with `observed`, `label` (noisy, where observed), the propensity and (doubly robust) the
+    imputed clean-label probability, all computed before training (`causal_rm_inputs`). The loss is the
+    noise-aware surrogate weighted by inverse propensity (or the doubly robust form); with propensity weighting off
+    the rows are the observed ones only and the loss is their mean. Held-out metrics: accuracy and AUC of
+    sigmoid(f) against `true_label` (an unbiased held-out set) or the observed labels.
+    """
+
+    def __init__(self, *args, rho: tuple[float, float] = (0.0, 0.0), propensity_weighting: bool = True,
+                 doubly_robust: bool = False, clip: tuple[float, float] = DEFAULT_PROPENSITY_CLIP, **kwargs):
+        self.rho, self.propensity_weighting, self.doubly_robust, self.clip = rho, propensity_weighting, \
+            doubly_robust, tuple(clip)
+        super().__init__(*args, objective="causal_rm", **kwargs)
+
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        return dataset  # tokenized and length-filtered by the builder
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mode = "train" if self.model.training else "eval"
+        logits = self._forward(model, inputs)[:, 0]
+        observed = inputs["observed"]
+        if mode == "eval":  # the clean loss against the best labels the held-out rows have
+            target = inputs.get("true_label", inputs["label"])
+            rows = torch.ones_like(observed, dtype=torch.bool) if "true_label" in inputs else observed.bool()
+            loss = (soft_bce(logits, target.float()) * rows).sum() / rows.sum().clamp(min=1)
+            for key, value in (("logits", logits), ("target", target), ("rows", rows)):
+                self._eval_buffer.setdefault(key, []).append(self.accelerator.gather_for_metrics(value.detach()))
+        else:
+            per_row = noise_aware_bce(logits, inputs["label"], *self.rho)
+            if not self.propensity_weighting:
+                loss = per_row.mean()  # every row is observed
+            elif self.doubly_robust:
+                loss = doubly_robust_loss(per_row, soft_bce(logits, inputs["imputed"]), observed,
+                                          inputs["propensity"], self.clip)
+            else:
+                loss = ips_loss(per_row, observed, inputs["propensity"], self.clip)
+            self._log_mean(mode, "observed_frac", observed.float().mean())
+            self._log_mean(mode, "mean_reward", logits.detach().mean())
+        self._count_tokens(inputs, mode)
+        return (loss, logits) if return_outputs else loss
+
+    def _full_set_metrics(self, buffer: dict[str, torch.Tensor]) -> dict[str, float]:
+        rows = buffer["rows"].bool()
+        logits, target = buffer["logits"][rows], buffer["target"][rows].long()
+        return {"accuracy": ((logits > 0).long() == target).float().mean().item(), "auc": roc_auc(logits, target)}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Building a run: tokenized rows, anchors, CausalRM's propensities and noise rates, the trainer
+
+
+def tokenize_rows(rows: list[dict], tokenizer, max_length: int) -> tuple[list[dict], int]:
+    """(tokenized rows, number dropped for exceeding max_length). Pairs get chosen_ids / rejected_ids, feedback rows
+    input_ids; the per-row fields of PAIR_FIELDS / FEEDBACK_FIELDS are kept, everything else is dropped."""
+    out, dropped = [], 0
+    for row in rows:
+        if "chosen" in row:
+            item = {"chosen_ids": reward_input_ids(tokenizer, row["prompt"], row["chosen"]),
+                    "rejected_ids": reward_input_ids(tokenizer, row["prompt"], row["rejected"])}
+            fields = PAIR_FIELDS
+        else:
+            item, fields = {"input_ids": reward_input_ids(tokenizer, row["prompt"], row["response"])}, FEEDBACK_FIELDS
+        if max(len(ids) for ids in item.values()) > max_length:
+            dropped += 1
+            continue
+        item.update({key: row[key] for key in fields if row.get(key) is not None})
+        out.append(item)
+    return out, dropped
+
+
+def attach_anchors(train: list[dict], held_out: list[dict], count: int, percentiles: Sequence[float],
+                   fraction: float, seed: int) -> dict:
+    """Give every pair ordinal anchor labels and the training pairs a fixed anchor mask; return what the model must
+    remember (thresholds, score standardisation), to be saved in its config.
+
+    Rows carry either external scores (score_chosen / score_rejected: standardised with the training set's mean and
+    standard deviation over all responses, thresholds at `percentiles` of the standardised scores) or given ordinal
+    labels (anchor_chosen / anchor_rejected in 0..count: thresholds tau_k = Phi^-1(share of training responses with
+    label < k), i.e. where the classes would split a standard normal utility). Either way thresholds sit on a scale mu
+    reaches from its initialisation near 0 (see the module docstring on the 1e-7 floor).
+    """
+    if "score_chosen" in train[0]:
+        scores = np.array([[r["score_chosen"], r["score_rejected"]] for r in train], dtype=np.float64).ravel()
+        mean, std = float(scores.mean()), float(scores.std())
+        if not std > 0:
+            raise ValueError("The anchor score column is constant over the training set; anchors need a score that "
+                             "varies.")
+        thresholds = anchor_thresholds((scores - mean) / std, list(percentiles)[:count])
+        for row in (*train, *held_out):
+            standard = torch.tensor([row["score_chosen"], row["score_rejected"]], dtype=torch.float64)
+            row["anchor_chosen"], row["anchor_rejected"] = ordinal_labels((standard - mean) / std, thresholds).tolist()
+        info = {"anchor_thresholds": list(thresholds), "score_mean": mean, "score_std": std}
+    else:
+        labels = np.array([[r["anchor_chosen"], r["anchor_rejected"]] for r in train]).ravel()
+        if labels.min() < 0 or labels.max() > count:
+            raise ValueError(f"Given anchor labels must lie in 0..{count} for {count} anchor(s); the training data "
+                             f"has values in {labels.min()}..{labels.max()}. Set algorithm.anchors.count.")
+        shares = [float((labels < k).mean()) for k in range(1, count + 1)]
+        if not all(0 < s < 1 for s in shares) or len(set(shares)) < len(shares):
+            raise ValueError(f"Every anchor class must occur in the training data (cumulative shares {shares}).")
+        thresholds = tuple(float(torch.special.ndtri(torch.tensor(s, dtype=torch.float64))) for s in shares)
+        info = {"anchor_thresholds": list(thresholds)}
+    mask = anchor_mask(len(train), fraction, torch.Generator().manual_seed(seed))
+    for row, carries in zip(train, mask.tolist()):
+        row["anchor_mask"] = carries
+    for row in held_out:
+        row["anchor_mask"] = True
+    return info
+
+
+@torch.no_grad()
+def last_token_features(model, sequences: list[list[int]], pad_token_id: int, batch_size: int = 32) -> torch.Tensor:
+    """(N, H) float32 CPU: the final hidden state at each sequence's last token, the one the reward head reads.
+
+    Each process computes a contiguous shard and the shards are all-gathered, so every process ends with the same
+    matrix. The model must not be sharded yet (it is not, before the trainer is built)."""
+    from accelerate import PartialState
+    from accelerate.utils import gather
+
+    state = PartialState()
+    shard = math.ceil(len(sequences) / state.num_processes)
+    mine = sequences[state.process_index * shard:(state.process_index + 1) * shard]
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    hidden = model.config.get_text_config().hidden_size
+    out = torch.zeros((shard, hidden), dtype=torch.float32, device=state.device)
+    order = sorted(range(len(mine)), key=lambda i: len(mine[i]))  # similar lengths together: less padding
+    for start in range(0, len(order), batch_size):
+        index = order[start:start + batch_size]
+        ids, mask = _pad_right([mine[i] for i in index], pad_token_id)
+        states = model(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True,
+                       use_cache=False).hidden_states[-1]
+        last = mask.sum(-1).to(device) - 1
+        out[torch.tensor(index, device=state.device)] = states[torch.arange(len(index), device=device), last].float() \
+            .to(state.device)
+    model.train(was_training)
+    features = gather(out) if state.num_processes > 1 else out
+    return features[:len(sequences)].cpu()
+
+
+def causal_rm_inputs(model, rows: list[dict], pad_token_id: int, *, noise_correction: bool,
+                     rho: tuple[float | None, float | None], noise_quantile: float, propensity_weighting: bool,
+                     doubly_robust: bool, clip: Sequence[float], l2: float) -> dict:
+    """Fill each row's `propensity` (unless the data gave one) and, for doubly robust, `imputed`; return the noise
+    rates and what to record: {"rho_01", "rho_10", "rho_estimated", "propensity_min/max/mean"}.
+
+    The auxiliary models are logistic regressions on the frozen initial backbone's last-token features: the
+    propensity model predicts `observed` from every row; the noisy-label model predicts the observed label from the
+    observed rows, weighted by 1 / clipped propensity when propensity weighting is on (so it estimates P(y~ = 1 | x)
+    over all rows, not just the ones users chose to rate). Its logits over all rows give the noise rates
+    (`estimate_noise_rates`) and, through `imputed_clean_probability`, the doubly robust imputation.
+    """
+    observed = torch.tensor([r["observed"] for r in rows], dtype=torch.float64)
+    need_propensity = propensity_weighting and "propensity" not in rows[0]
+    need_noise_model = (noise_correction and None in rho) or doubly_robust
+    features = None
+    if need_propensity or need_noise_model:
+        features = last_token_features(model, [r["input_ids"] for r in rows], pad_token_id)
+    if need_propensity:
+        coef, bias = fit_logistic(features, observed, l2=l2)
+        for row, p in zip(rows, torch.sigmoid(logistic_logits(features, coef, bias)).tolist()):
+            row["propensity"] = min(max(p, 1e-6), 1.0)
+    propensity = torch.tensor([r.get("propensity", 1.0) for r in rows], dtype=torch.float64)
+    info = {}
+    if propensity_weighting:
+        info.update(propensity_min=propensity.min().item(), propensity_max=propensity.max().item(),
+                    propensity_mean=propensity.mean().item())
+    rho_01, rho_10 = rho if noise_correction and None not in rho else (0.0, 0.0)
+    if need_noise_model:
+        seen = observed.bool()
+        weights = 1.0 / propensity.clamp(*clip) if propensity_weighting else torch.ones_like(propensity)
+        labels = torch.tensor([r["label"] for r in rows], dtype=torch.float64)
+        coef, bias = fit_logistic(features[seen], labels[seen], weights[seen], l2=l2)
+        noisy_logits = logistic_logits(features, coef, bias)
+        if noise_correction and None in rho:
+            rho_01, rho_10 = estimate_noise_rates(noisy_logits, 1.0 - noise_quantile, noise_quantile)
+        if doubly_robust:
+            imputed = imputed_clean_probability(torch.sigmoid(noisy_logits), rho_01, rho_10)
+            for row, value in zip(rows, imputed.tolist()):
+                row["imputed"] = value
+    info.update(rho_01=rho_01, rho_10=rho_10, rho_estimated=noise_correction and None in rho)
+    return info
+
+
+def build_reward_model_trainer(model, tokenizer, train_rows: list[dict], held_out_rows: list[dict] | None, algo,
+                               common_args: dict, peft_config=None) -> AlignRewardTrainer:
+    """The trainer for `algo` (RewardModelAlgorithmConfig) on canonical rows (align.data.preferences).
+
+    Tokenizes, attaches anchors (gaussian_anchor) or fits the propensity / noise models (causal_rm), records in
+    `model.config.align_reward` what scoring needs later (objective, head, thresholds, noise rates), and builds
+    AlignRewardTrainer / AlignCausalRMTrainer with TRL's RewardConfig.
+    """
+    from datasets import Dataset
+    from trl import RewardConfig
+
+    data, objective = algo.data, algo.objective
+    record = getattr(model.config, CONFIG_KEY)
+    kwargs = {} if objective == "causal_rm" else {"objective": objective}
+    if objective == "gaussian_anchor" and algo.anchors.count:  # on the raw rows: thresholds come from their scores
+        train_rows, held_out_rows = [dict(r) for r in train_rows], [dict(r) for r in held_out_rows or []]
+        record.update(attach_anchors(train_rows, held_out_rows, algo.anchors.count, algo.anchors.percentiles,
+                                     algo.anchors.fraction, common_args["seed"]))
+        kwargs.update(thresholds=record["anchor_thresholds"], lam=algo.anchors.lam)
+    train, dropped = tokenize_rows(train_rows, tokenizer, data.max_length)
+    held_out, dropped_eval = tokenize_rows(held_out_rows or [], tokenizer, data.max_length)
+    if dropped or dropped_eval:
+        log.warning("dropped %d training and %d held-out rows longer than algorithm.data.max_length %d tokens",
+                    dropped, dropped_eval, data.max_length)
+    if not train:
+        raise ValueError(f"No training row fits algorithm.data.max_length {data.max_length}; raise it.")
+    if objective == "causal_rm":
+        c = algo.causal
+        record.update(causal_rm_inputs(model, train, tokenizer.pad_token_id, noise_correction=c.noise_correction,
+                                       rho=(c.rho_01, c.rho_10), noise_quantile=c.noise_quantile,
+                                       propensity_weighting=c.propensity_weighting, doubly_robust=c.doubly_robust,
+                                       clip=c.propensity_clip, l2=c.aux_l2))
+        if not c.propensity_weighting:  # the naive estimators see only the rows that got feedback
+            train = [row for row in train if row["observed"]]
+        kwargs.update(rho=(record["rho_01"], record["rho_10"]), propensity_weighting=c.propensity_weighting,
+                      doubly_robust=c.doubly_robust, clip=tuple(c.propensity_clip))
+    log.info("reward model: %s on %d training rows%s; %s", objective, len(train),
+             f", {len(held_out)} held out" if held_out else "", {k: v for k, v in record.items()})
+    eval_args = {"eval_strategy": "steps", "eval_steps": algo.eval_steps} if algo.eval_steps and held_out else {}
+    args = RewardConfig(**{**common_args, "max_length": None, "disable_dropout": True,
+                           "center_rewards_coefficient": algo.center_rewards_coefficient,
+                           "per_device_eval_batch_size": common_args["per_device_train_batch_size"],
+                           **eval_args, **algo.trl})
+    trainer_class = AlignCausalRMTrainer if objective == "causal_rm" else AlignRewardTrainer
+    return trainer_class(model=model, args=args, data_collator=RewardCollator(tokenizer.pad_token_id),
+                         train_dataset=Dataset.from_list(train),
+                         eval_dataset=Dataset.from_list(held_out) if held_out else None,
+                         processing_class=tokenizer, peft_config=peft_config, **kwargs)

@@ -27,7 +27,7 @@ def test_there_are_cpu_and_gpu_recipes():
 
 # Recipes whose header says the user must supply a value (`???` in the config): a stand-in for the test.
 REQUIRED = {
-    "fhal-saferlhf-qwen2.5-1.5b-1n8g-zero2": ["reward.sources.0.name=tests.rewards.user_rewards:length_penalty"],
+    "fhal-saferlhf-qwen2.5-1.5b-1n8g-zero2": ["reward.sources.0.kwargs.path=/models/safety-rm/final"],
 }
 
 

@@ -5,7 +5,7 @@ import threading
 import pytest
 
 from align.rewards.verifiers import (
-    BUILTIN_REWARDS,
+    VERIFIERS,
     boxed_match,
     completion_text,
     exact_match,
@@ -196,5 +196,5 @@ def test_format_boxed_ignores_answer_and_reads_messages():
 
 
 def test_builtin_names():
-    assert set(BUILTIN_REWARDS) == {"exact_match", "numeric_match", "boxed_match", "format_boxed"}
-    assert all(fn.__name__ == name for name, fn in BUILTIN_REWARDS.items())
+    assert set(VERIFIERS) == {"exact_match", "numeric_match", "boxed_match", "format_boxed"}
+    assert all(fn.__name__ == name for name, fn in VERIFIERS.items())

@@ -1,0 +1,120 @@
+"""Trained reward models as reward sources: `reward=reward_model` with `kwargs.path` = a checkpoint written by
+`algorithm=reward_model` (any of the three objectives), or any sequence-classification checkpoint with one output.
+
+The scorer reads (prompt, completion) exactly as the reward model was trained to (`reward_input_ids`: the chat
+template over the prompt plus the completion as the assistant turn), in batches, without gradients, in bf16 on a bf16
+GPU and fp32 otherwise. Each process holds its own full copy on its own device (under DDP and ZeRO-3 alike: the
+reward model is frozen and small next to the policy, and a replica keeps scoring free of collectives, so ranks may
+score different numbers of completions, as SAGE's hint rounds do).
+
+A scalar model's reward is its output. A Gaussian model (mean mu, variance sigma^2) gives mu by default, the
+q-quantile mu + Phi^-1(q) sigma for `quantile: q` (0.25 = pessimistic), or a fresh q ~ U(0.05, 0.95) per completion
+for `quantile: random`; it logs the batch means of mu and sigma through TRL's `log_metric`.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import torch
+
+from align.rewards.verifiers import completion_text
+
+__all__ = ["RewardModelScorer", "load_scorer", "reward_model"]
+
+
+class RewardModelScorer:
+    """A frozen reward model on this process's device. `score` gives mu (and sigma for a Gaussian model)."""
+
+    def __init__(self, path: str, *, dtype: str = "auto", trust_remote_code: bool = False):
+        from accelerate import PartialState
+        from transformers import AutoModelForSequenceClassification
+
+        from align.models import bf16_available, load_tokenizer, resolve_dtype
+        from align.trainers.reward_model import is_gaussian
+
+        directory = Path(path).expanduser()
+        if not (directory / "config.json").is_file():
+            raise ValueError(f"'{path}' is not a reward model checkpoint (no config.json); give the final/ or a "
+                             f"checkpoint-N/ directory of an algorithm=reward_model run.")
+        self.path = str(directory)
+        self.tokenizer = load_tokenizer(self.path, trust_remote_code=trust_remote_code)
+        torch_dtype = (torch.bfloat16 if bf16_available() else torch.float32) if dtype == "auto" else \
+            resolve_dtype(dtype)
+        self.model = AutoModelForSequenceClassification.from_pretrained(
+            self.path, dtype=torch_dtype, use_safetensors=True, trust_remote_code=trust_remote_code)
+        self.gaussian = is_gaussian(self.model.config)
+        outputs = self.model.config.num_labels
+        if outputs != (2 if self.gaussian else 1):
+            raise ValueError(f"'{path}' has a {outputs}-output head; a reward model has one output (a scalar reward) "
+                             f"or is align's Gaussian model (two).")
+        self.device = PartialState().device
+        self.model.to(self.device).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def score(self, prompts: list, completions: list, batch_size: int = 16) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(mu, sigma or None), each (N,) float32 on CPU, for N (prompt, completion) pairs. A prompt is chat messages
+        or a string (taken as the user turn); a completion is a string or messages (its last message counts)."""
+        from align.trainers.reward_model import _pad_right, reward_input_ids, variance_from_raw
+
+        sequences = [reward_input_ids(self.tokenizer, p if isinstance(p, list) else [{"role": "user", "content": p}],
+                                      completion_text(c)) for p, c in zip(prompts, completions, strict=True)]
+        heads = torch.zeros((len(sequences), 2 if self.gaussian else 1), dtype=torch.float32)
+        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))  # less padding per batch
+        for start in range(0, len(order), batch_size):
+            index = order[start:start + batch_size]
+            ids, mask = _pad_right([sequences[i] for i in index], self.tokenizer.pad_token_id)
+            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+            heads[torch.tensor(index)] = logits.float().cpu()
+        if not self.gaussian:
+            return heads[:, 0], None
+        return heads[:, 0], variance_from_raw(heads[:, 1]).sqrt()
+
+
+@functools.lru_cache(maxsize=4)
+def load_scorer(path: str, dtype: str = "auto", trust_remote_code: bool = False) -> RewardModelScorer:
+    """One scorer per (path, dtype) and process, loaded on first use."""
+    return RewardModelScorer(path, dtype=dtype, trust_remote_code=trust_remote_code)
+
+
+_GENERATORS: dict[tuple[str, int], torch.Generator] = {}
+
+
+def _quantiles(quantile: float | str, n: int, path: str, seed: int) -> torch.Tensor | float:
+    from align.trainers.reward_model import random_quantiles
+
+    if quantile == "random":
+        from accelerate import PartialState
+
+        key = (path, seed)
+        if key not in _GENERATORS:  # each process its own reproducible stream
+            _GENERATORS[key] = torch.Generator().manual_seed(seed + PartialState().process_index)
+        return random_quantiles(n, _GENERATORS[key])
+    q = float(quantile)
+    if not 0 < q < 1:
+        raise ValueError(f"quantile must be 'mean', 'random' or a number strictly inside (0, 1); got {quantile!r}.")
+    return q
+
+
+def reward_model(prompts, completions, path: str, quantile: float | str = "mean", batch_size: int = 16,
+                 dtype: str = "auto", seed: int = 0, trust_remote_code: bool = False, log_metric=None,
+                 **columns) -> list[float]:
+    """Reward of each completion under the reward model at `path`: its scalar output, or for a Gaussian model mu
+    (`quantile: mean`, the default), the q-quantile mu + Phi^-1(q) sigma (`quantile: q`), or a quantile drawn
+    per completion from U(0.05, 0.95) (`quantile: random`, seeded by `seed` and the process index)."""
+    from align.trainers.reward_model import quantile_reward
+
+    scorer = load_scorer(str(Path(path).expanduser()), dtype, trust_remote_code)
+    mu, sigma = scorer.score(prompts, completions, batch_size)
+    if sigma is None:
+        if quantile != "mean":
+            raise ValueError(f"'{path}' is a scalar reward model: it has no sigma, so quantile must stay 'mean' "
+                             f"(got {quantile!r}).")
+        return mu.tolist()
+    if log_metric is not None:
+        log_metric("reward_model/mu_mean", mu.mean().item())
+        log_metric("reward_model/sigma_mean", sigma.mean().item())
+    if quantile == "mean":
+        return mu.tolist()
+    return quantile_reward(mu, sigma, _quantiles(quantile, len(mu), scorer.path, seed)).tolist()
