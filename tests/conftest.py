@@ -90,3 +90,20 @@ def hint_writer(tmp_path_factory) -> str:
     return str(root / "run" / "warm_start" / "final")
 
 
+
+
+# --- Reward models: a tiny Gaussian reward model trained on the known-truth preference data --------------------------
+
+REWARD_MODEL_RUN = ["recipe=reward-gaussian-prefs-tiny", "trainer.max_steps=40",
+                    "trainer.per_device_train_batch_size=16", "trainer.logging_steps=10",
+                    "algorithm.data.synthetic.num_train=640", "algorithm.data.synthetic.num_eval=160"]
+
+
+@pytest.fixture(scope="session")
+def gaussian_reward_model(tmp_path_factory) -> dict:
+    """A tiny anchor-guided Gaussian reward model trained for 40 steps through `align.train`; returns the run summary
+    (final_model = its checkpoint directory, eval_before / eval_after = held-out metrics)."""
+    from align.train import run
+
+    root = tmp_path_factory.mktemp("gaussian-rm")
+    return run(compose([*REWARD_MODEL_RUN, f"trainer.output_dir={root / 'run'}"]))

@@ -512,8 +512,9 @@ def fit_logistic(features: torch.Tensor, targets: torch.Tensor, weights: torch.T
     """(w, b) of a weighted, ridge-penalised logistic regression, fitted to convergence with L-BFGS.
 
     features (N, H) float; targets (N,) in [0, 1] (soft targets allowed); weights (N,) >= 0 or None (all 1).
-    Minimises sum_i w_i BCE(x_i . w + b, t_i) / sum_i w_i + l2 / 2 * |w|^2 in float64 on standardised features; the
-    returned (w, b) apply to the raw features (`logistic_logits`). Deterministic: same inputs, same result.
+    Minimises sum_i w_i BCE(x_i . w + b, t_i) / sum_i w_i + l2 / 2 * |w|^2 in float64 on features standardised with
+    the weighted mean and standard deviation; the returned (w, b) apply to the raw features (`logistic_logits`).
+    Deterministic: same inputs, same result.
     """
     x = features.detach().double().cpu()
     t = targets.detach().double().cpu()
@@ -524,7 +525,8 @@ def fit_logistic(features: torch.Tensor, targets: torch.Tensor, weights: torch.T
     if (w_rows < 0).any() or w_rows.sum() <= 0:
         raise ValueError("Sample weights must be >= 0 and not all 0.")
     w_rows = w_rows / w_rows.sum()
-    mean, std = x.mean(0), x.std(0, unbiased=False).clamp(min=1e-8)
+    mean = w_rows @ x  # weighted, so a weight of 2 is exactly a repeated row
+    std = (w_rows @ (x - mean) ** 2).sqrt().clamp(min=1e-8)
     z = (x - mean) / std
     coef = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
     bias = torch.zeros((), dtype=torch.float64, requires_grad=True)

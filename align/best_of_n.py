@@ -1,0 +1,375 @@
+"""Best-of-N selection: sample N completions per prompt from a policy, score each with a reward model trained by
+`algorithm=reward_model`, keep the one ranked first, and write one jsonl line per prompt.
+
+    python -m align.best_of_n --reward-model RM --out OUT.jsonl [--policy embedded:tiny] [--prompts synthetic]
+        [--prompt-column prompt] [--num-prompts K] [--n 8] [--select mean|Q] [--temperature 1.0] [--top-p 1.0]
+        [--max-new-tokens 256] [--batch-size 16] [--seed 0] [--all] [--overwrite]
+
+    python -m align.best_of_n --policy runs/grpo/final --reward-model runs/rm/final --prompts synthetic \\
+        --num-prompts 100 --n 8 --select 0.25 --out best.jsonl --all
+
+Prompts: `synthetic` (the default) is the embedded arithmetic task's held-out split as the default `data` config
+builds it (`load_splits(DataConfig())`), the split a training run with default data evaluates on; a local
+.jsonl / .json / .parquet / .csv file goes through `load_splits` too, so string prompts become chat messages exactly
+as in training (`--prompt-column` names the column that holds them). `--num-prompts K` keeps the first K.
+
+Generation: the policy's chat template with the generation prompt, left padding, `--batch-size` prompts per
+`generate` call (each gives N sequences), sampling at `--temperature` / `--top-p` with no top-k cut (as GRPO samples),
+seeded once with `torch.manual_seed(--seed)`: the same arguments on the same machine give the same file. `--n 1
+--temperature 0` is greedy decoding. The policy runs on CUDA when available, in bf16 on a bf16 GPU, fp32 otherwise.
+
+Selection: each candidate's key is the reward model's mu (`--select mean`) or, for a Gaussian reward model, its
+q-quantile mu + Phi^-1(q) sigma (`--select q`, q strictly inside (0, 1); 0.25 prefers completions the model is
+confidently good about). The candidate with the largest key wins; ties go to the first sampled. A scalar reward model
+has no sigma, so a quantile with one is refused before anything is generated.
+
+Output, one line per prompt, in prompt order:
+    {"prompt": [messages], "answer": "...", "completion": "...", "reward": key, "mu": ..., "sigma": ... | null,
+     "index": i, "candidates": [{"completion": "...", "mu": ..., "sigma": ..., "key": ...}, ...]}
+`answer` only when the prompts have that column; `candidates` (all N, in sampling order) only with `--all`. The file
+is written at the end through a temporary file in the same directory and `os.replace`, so an interrupted run leaves
+no partial file; an existing `--out` is refused unless `--overwrite`.
+
+Progress goes to stderr, one line per batch, then a summary: the mean selected reward against the mean over all
+candidates (the best-of-N gain). Every argument, path and reward model is checked before any model is loaded; a
+problem prints one line `align: error: ...` and exits with code 2.
+
+Library: `select_best` (the pure selection step), `selection_keys`, `sample_completions`, and `best_of_n`, which the
+CLI wraps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+__all__ = ["BestOfNError", "best_of_n", "main", "parse_select", "sample_completions", "select_best",
+           "selection_keys", "summarize", "write_jsonl"]
+
+
+class BestOfNError(ValueError):
+    """The arguments cannot work as given; the message says which one and why."""
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Selection
+
+
+def parse_select(select: str | float) -> float | None:
+    """None for 'mean', else the quantile q as a float strictly inside (0, 1); anything else raises BestOfNError."""
+    if isinstance(select, str) and select.strip().lower() == "mean":
+        return None
+    try:
+        q = float(select)
+    except (TypeError, ValueError):
+        raise BestOfNError(f"--select must be 'mean' or a quantile strictly inside (0, 1); got {select!r}.") from None
+    if not 0 < q < 1:  # also refuses nan
+        raise BestOfNError(f"--select quantile must lie strictly inside (0, 1); got {select!r}.")
+    return q
+
+
+def selection_keys(mu: torch.Tensor, sigma: torch.Tensor | None, quantile: float | None) -> torch.Tensor:
+    """(M,) float32 (float64 stays float64) keys candidates are ranked by: mu, or mu + Phi^-1(q) sigma for a quantile.
+
+    A quantile needs sigma (a Gaussian reward model); with sigma None it raises BestOfNError.
+    """
+    from align.numerics import upcast
+
+    if quantile is None:
+        return upcast(mu)
+    if sigma is None:
+        raise BestOfNError(f"a scalar reward model has no sigma, so it cannot select by quantile {quantile}; use "
+                           f"--select mean or a Gaussian (gaussian_anchor) reward model.")
+    from align.trainers.reward_model import quantile_reward
+
+    return quantile_reward(mu, sigma, quantile)
+
+
+def select_best(keys: torch.Tensor) -> torch.Tensor:
+    """(P,) int64: for each row of `keys` (P, N), N >= 1, the index of its largest key.
+
+    Ties go to the first (lowest) index. NaN ranks below every number, -inf included, so a NaN key is never chosen
+    over a real one; a row with nothing but NaN / -inf picks index 0.
+    """
+    if keys.dim() != 2 or keys.shape[1] == 0:
+        raise ValueError(f"select_best expects keys of shape (P, N) with N >= 1; got {tuple(keys.shape)}.")
+    keys = keys if keys.is_floating_point() else keys.double()
+    keys = torch.where(keys.isnan(), torch.full_like(keys, -math.inf), keys)
+    best = keys.max(dim=1, keepdim=True).values
+    positions = torch.arange(keys.shape[1], device=keys.device).expand_as(keys)
+    # Among the maximal entries take the smallest position: explicit, instead of relying on argmax's tie order.
+    return torch.where(keys == best, positions, keys.shape[1]).min(dim=1).values
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Generation and the library entry point
+
+
+def _check_sampling(n: int, temperature: float, top_p: float, max_new_tokens: int, batch_size: int) -> None:
+    if n < 1:
+        raise BestOfNError(f"--n must be >= 1; got {n}.")
+    if not temperature >= 0:
+        raise BestOfNError(f"--temperature must be >= 0; got {temperature}.")
+    if temperature == 0 and n > 1:  # greedy decoding would give N copies of one completion
+        raise BestOfNError(f"--temperature must be > 0 to sample {n} different completions per prompt (0 means "
+                           f"greedy decoding, which only makes sense with --n 1).")
+    if not 0 < top_p <= 1:
+        raise BestOfNError(f"--top-p must lie in (0, 1]; got {top_p}.")
+    if max_new_tokens < 1:
+        raise BestOfNError(f"--max-new-tokens must be >= 1; got {max_new_tokens}.")
+    if batch_size < 1:
+        raise BestOfNError(f"--batch-size must be >= 1; got {batch_size}.")
+
+
+@torch.no_grad()
+def sample_completions(policy, tokenizer, prompts: list[list[dict]], n: int, *, temperature: float = 1.0,
+                       top_p: float = 1.0, max_new_tokens: int = 256) -> list[str]:
+    """len(prompts) * n completions (new tokens only, special tokens skipped), prompt-major: the n samples of
+    prompts[0] first. One `generate` call: the caller batches and seeds. temperature 0 decodes greedily (n == 1)."""
+    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+    device = next(policy.parameters()).device
+    if temperature > 0:  # top_k=0: transformers would otherwise cut to the 50 likeliest tokens
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
+    else:
+        sampling = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+    padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"  # new tokens start at one column
+    try:
+        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        output = policy.generate(**batch, num_return_sequences=n, max_new_tokens=max_new_tokens,
+                                 pad_token_id=tokenizer.pad_token_id, **sampling)
+    finally:
+        tokenizer.padding_side = padding_side
+    return tokenizer.batch_decode(output[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def best_of_n(policy, tokenizer, scorer, prompts: list[list[dict]], n: int, *, select: str | float = "mean",
+              temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 256, batch_size: int = 16,
+              seed: int | None = 0, progress: Callable[[int, int], None] | None = None) -> list[dict]:
+    """Best-of-n completion for each chat-message prompt, in prompt order.
+
+    policy / tokenizer: a causal LM (on the device it should run on) and its tokenizer with a chat template.
+    scorer: `score(prompts, completions, batch_size) -> (mu, sigma or None)`, e.g. `load_scorer(path)`.
+    select: 'mean' ranks by mu, a quantile q in (0, 1) by mu + Phi^-1(q) sigma (Gaussian reward models only).
+    seed: `torch.manual_seed(seed)` once before the first batch (None leaves the global RNG alone).
+    progress: called after each batch with (prompts done, total).
+
+    Returns one dict per prompt: prompt, completion (the chosen one), reward (its key), mu, sigma (None for a scalar
+    model), index (of the chosen candidate) and candidates (all n, in sampling order: completion, mu, sigma, key).
+    Raises BestOfNError for bad arguments, before generating anything when it can tell.
+    """
+    quantile = parse_select(select)
+    _check_sampling(n, temperature, top_p, max_new_tokens, batch_size)
+    if quantile is not None and getattr(scorer, "gaussian", None) is False:
+        selection_keys(torch.zeros(1), None, quantile)  # raises the scalar-model error now, not after generating
+    if seed is not None:
+        torch.manual_seed(seed)
+    rows: list[dict] = []
+    for start in range(0, len(prompts), batch_size):
+        batch = prompts[start:start + batch_size]
+        completions = sample_completions(policy, tokenizer, batch, n, temperature=temperature, top_p=top_p,
+                                         max_new_tokens=max_new_tokens)
+        mu, sigma = scorer.score([p for p in batch for _ in range(n)], completions, batch_size)
+        keys = selection_keys(mu, sigma, quantile)
+        chosen = select_best(keys.view(len(batch), n)).tolist()
+        mu_list, key_list = mu.tolist(), keys.tolist()
+        sigma_list = sigma.tolist() if sigma is not None else [None] * len(mu_list)
+        for i, prompt in enumerate(batch):
+            candidates = [{"completion": completions[j], "mu": mu_list[j], "sigma": sigma_list[j], "key": key_list[j]}
+                          for j in range(i * n, (i + 1) * n)]
+            best = candidates[chosen[i]]
+            rows.append({"prompt": prompt, "completion": best["completion"], "reward": best["key"], "mu": best["mu"],
+                         "sigma": best["sigma"], "index": chosen[i], "candidates": candidates})
+        if progress is not None:
+            progress(len(rows), len(prompts))
+    return rows
+
+
+def summarize(rows: list[dict]) -> dict[str, float]:
+    """Mean key of the chosen candidates, mean key over every candidate, and their difference (the best-of-N gain).
+    Rows must carry their candidates (as `best_of_n` returns them)."""
+    selected = sum(r["reward"] for r in rows) / len(rows)
+    keys = [c["key"] for r in rows for c in r["candidates"]]
+    overall = sum(keys) / len(keys)
+    return {"mean_selected": selected, "mean_all": overall, "gain": selected - overall}
+
+
+def write_jsonl(rows: list[dict], path: Path) -> None:
+    """Write rows as jsonl atomically: a temporary file beside `path`, then os.replace (never a half-written file)."""
+    handle = tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False,
+                                         encoding="utf-8")
+    try:
+        with handle:
+            for row in rows:
+                handle.write(json.dumps(row) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(handle.name, 0o666 & ~umask)  # mkstemp's 0600 is for the temporary file, not for the result
+        os.replace(handle.name, path)
+    except BaseException:  # KeyboardInterrupt included: take the temporary file away
+        Path(handle.name).unlink(missing_ok=True)
+        raise
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# CLI
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse's own errors: one line and exit 2, like every other error here
+        print(f"align: error: {message} (see --help)", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m align.best_of_n", description=__doc__,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--policy", default="embedded:tiny", help="causal LM directory, hub name or embedded:tiny")
+    parser.add_argument("--reward-model", required=True, help="final/ or checkpoint-N/ of a reward_model run")
+    parser.add_argument("--prompts", default="synthetic", help="'synthetic' or a .jsonl/.json/.parquet/.csv file")
+    parser.add_argument("--prompt-column", default="prompt", help="column holding the prompts in a file")
+    parser.add_argument("--num-prompts", type=int, default=None, help="keep the first K prompts (default: all)")
+    parser.add_argument("--n", type=int, default=8, help="completions sampled per prompt")
+    parser.add_argument("--select", default="mean", help="'mean' (mu) or a quantile q in (0, 1) (Gaussian models)")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=16, help="prompts per generate call (x n sequences)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", required=True, help="output .jsonl, written atomically at the end")
+    parser.add_argument("--all", action="store_true", help="also write every candidate with its mu / sigma / key")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    return parser
+
+
+def _validate(args: argparse.Namespace) -> float | None:
+    """Every check that needs no model: returns the quantile (None for mean). Creates --out's parent directories."""
+    quantile = parse_select(args.select)
+    _check_sampling(args.n, args.temperature, args.top_p, args.max_new_tokens, args.batch_size)
+    if args.num_prompts is not None and args.num_prompts < 1:
+        raise BestOfNError(f"--num-prompts must be >= 1; got {args.num_prompts}.")
+
+    reward_model = Path(args.reward_model).expanduser()
+    config_file = reward_model / "config.json"
+    if not config_file.is_file():
+        raise BestOfNError(f"--reward-model '{args.reward_model}' is not a reward model checkpoint (no config.json "
+                           f"there); give the final/ or a checkpoint-N/ directory of an algorithm=reward_model run.")
+    if quantile is not None:
+        from align.trainers.reward_model import CONFIG_KEY
+
+        try:
+            head = json.loads(config_file.read_text()).get(CONFIG_KEY, {}).get("head")
+        except (OSError, ValueError, AttributeError) as err:
+            raise BestOfNError(f"cannot read {config_file}: {type(err).__name__}: {err}") from err
+        if head != "gaussian":
+            raise BestOfNError(f"--reward-model '{args.reward_model}' is a scalar reward model: it has no sigma, so "
+                               f"--select must stay 'mean' (got {args.select!r}); quantiles need a Gaussian "
+                               f"(objective gaussian_anchor) reward model.")
+
+    if args.prompts != "synthetic" and not Path(args.prompts).expanduser().exists():
+        raise BestOfNError(f"--prompts '{args.prompts}' does not exist; give 'synthetic' or a .jsonl/.json/.parquet/"
+                           f".csv file.")
+
+    out = Path(args.out).expanduser()
+    if out.is_dir():
+        raise BestOfNError(f"--out '{args.out}' is a directory; give a file path such as {out / 'best.jsonl'}.")
+    if out.exists() and not args.overwrite:
+        raise BestOfNError(f"--out '{args.out}' already exists; pass --overwrite to replace it or choose another path.")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise BestOfNError(f"cannot create the directory of --out '{args.out}': {err}") from err
+    if not os.access(out.parent, os.W_OK):
+        raise BestOfNError(f"the directory of --out '{args.out}' is not writable.")
+
+    from align.models import resolve_model_path
+
+    resolve_model_path(args.policy)  # a missing local path fails now (embedded:tiny is built here, in seconds)
+    return quantile
+
+
+def _load_prompts(source: str, column: str, limit: int | None) -> tuple[list[list[dict]], list | None]:
+    """(prompts as chat messages, answers or None) from 'synthetic' (its held-out split) or a local file."""
+    from align.config import ColumnsConfig, DataConfig
+    from align.data import load_splits
+
+    if source == "synthetic":
+        # The default data config's held-out split: disjoint from the rows a default-data policy trained on.
+        _, dataset = load_splits(DataConfig())
+    else:
+        columns = ColumnsConfig(prompt=column if column != "prompt" else None)
+        dataset, _ = load_splits(DataConfig(source=str(Path(source).expanduser()), columns=columns))
+    if limit is not None:
+        dataset = dataset.select(range(min(limit, len(dataset))))
+    answers = dataset["answer"] if "answer" in dataset.column_names else None
+    return list(dataset["prompt"]), answers
+
+
+def _run(args: argparse.Namespace) -> dict:
+    quantile = _validate(args)
+    prompts, answers = _load_prompts(args.prompts, args.prompt_column, args.num_prompts)
+
+    from align.models import bf16_available, load_causal_lm, load_tokenizer
+    from align.rewards.reward_model import load_scorer
+
+    try:
+        scorer = load_scorer(str(Path(args.reward_model).expanduser()))
+    except ValueError as err:  # not a reward model (wrong head size, ...)
+        raise BestOfNError(str(err)) from err
+    tokenizer = load_tokenizer(args.policy)
+    policy = load_causal_lm(args.policy, dtype="bfloat16" if bf16_available() else "float32")
+    policy.to("cuda" if torch.cuda.is_available() else "cpu").eval().requires_grad_(False)
+
+    def report(done: int, total: int) -> None:
+        print(f"[align] best-of-{args.n}: {done}/{total} prompts", file=sys.stderr, flush=True)
+
+    rows = best_of_n(policy, tokenizer, scorer, prompts, args.n, select=args.select,
+                     temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
+                     batch_size=args.batch_size, seed=args.seed, progress=report)
+    summary = summarize(rows)
+    written = []
+    for i, row in enumerate(rows):
+        row = dict(row)
+        if answers is not None:  # keep the verifier target next to the prompt, so best-of-N accuracy can be scored
+            row = {"prompt": row.pop("prompt"), "answer": answers[i], **row}
+        if not args.all:
+            row.pop("candidates")
+        written.append(row)
+    out = Path(args.out).expanduser()
+    write_jsonl(written, out)
+    by = "mu" if quantile is None else f"the {quantile:g}-quantile"
+    print(f"[align] best-of-{args.n} by {by} over {len(rows)} prompts: mean selected reward "
+          f"{summary['mean_selected']:.4f} vs {summary['mean_all']:.4f} over all candidates "
+          f"(gain {summary['gain']:+.4f})\n[align] wrote {out}", file=sys.stderr, flush=True)
+    return {**summary, "out": str(out), "rows": len(rows)}
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    from align.data import DataError
+    from align.models import ModelLoadError
+
+    return BestOfNError, DataError, ModelLoadError
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the CLI on `argv` (default: sys.argv[1:]); returns the summary (mean_selected, mean_all, gain, out, rows).
+    A user error prints `align: error: ...` to stderr and exits with code 2."""
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except _user_errors() as err:
+        print(f"align: error: {err}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
