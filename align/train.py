@@ -373,9 +373,9 @@ def _run_reward_model(config: AlignConfig, cfg: DictConfig) -> dict:
         from align.data import DataError
 
         raise DataError(str(err)) from err
-    before = trainer.evaluate() if trainer.eval_dataset is not None else {}
     trainer.train()
     after = trainer.evaluate() if trainer.eval_dataset is not None else {}
+    before = next((entry for entry in trainer.state.log_history if "eval_loss" in entry), {})  # eval_on_start
     _save_final(trainer, tokenizer, run_dir / "final")
     summary = {"run_dir": str(run_dir), "final_model": str(run_dir / "final"),
                "eval_before": before, "eval_after": after}

@@ -15,6 +15,7 @@ for `quantile: random`; it logs the batch means of mu and sigma through TRL's `l
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 
 import torch
@@ -28,7 +29,6 @@ class RewardModelScorer:
     """A frozen reward model on this process's device. `score` gives mu (and sigma for a Gaussian model)."""
 
     def __init__(self, path: str, *, dtype: str = "auto", trust_remote_code: bool = False):
-        from accelerate import PartialState
         from transformers import AutoModelForSequenceClassification
 
         from align.models import bf16_available, load_tokenizer, resolve_dtype
@@ -49,7 +49,7 @@ class RewardModelScorer:
         if outputs != (2 if self.gaussian else 1):
             raise ValueError(f"'{path}' has a {outputs}-output head; a reward model has one output (a scalar reward) "
                              f"or is align's Gaussian model (two).")
-        self.device = PartialState().device
+        self.device = _local_device()
         self.model.to(self.device).eval().requires_grad_(False)
 
     @torch.no_grad()
@@ -72,6 +72,15 @@ class RewardModelScorer:
         return heads[:, 0], variance_from_raw(heads[:, 1]).sqrt()
 
 
+def _local_device() -> torch.device:
+    """This process's device, read from the launcher's environment. Reward sources are first built during the
+    preflight, before align sets up accelerate's process state with the right backend; creating that state here,
+    with defaults, would make every rank believe it runs alone."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
 @functools.lru_cache(maxsize=4)
 def load_scorer(path: str, dtype: str = "auto", trust_remote_code: bool = False) -> RewardModelScorer:
     """One scorer per (path, dtype) and process, loaded on first use."""
@@ -85,11 +94,9 @@ def _quantiles(quantile: float | str, n: int, path: str, seed: int) -> torch.Ten
     from align.trainers.reward_model import random_quantiles
 
     if quantile == "random":
-        from accelerate import PartialState
-
         key = (path, seed)
         if key not in _GENERATORS:  # each process its own reproducible stream
-            _GENERATORS[key] = torch.Generator().manual_seed(seed + PartialState().process_index)
+            _GENERATORS[key] = torch.Generator().manual_seed(seed + int(os.environ.get("RANK", "0")))
         return random_quantiles(n, _GENERATORS[key])
     q = float(quantile)
     if not 0 < q < 1:

@@ -977,7 +977,11 @@ def build_reward_model_trainer(model, tokenizer, train_rows: list[dict], held_ou
                       doubly_robust=c.doubly_robust, clip=tuple(c.propensity_clip))
     log.info("reward model: %s on %d training rows%s; %s", objective, len(train),
              f", {len(held_out)} held out" if held_out else "", {k: v for k, v in record.items()})
-    eval_args = {"eval_strategy": "steps", "eval_steps": algo.eval_steps} if algo.eval_steps and held_out else {}
+    # Held-out metrics before training come from eval_on_start: inside train(), after DeepSpeed has wrapped the
+    # model (an evaluate() before train() leaves the DeepSpeed engine unset and the first backward fails).
+    eval_args = {"eval_on_start": True} if held_out else {}
+    if algo.eval_steps and held_out:
+        eval_args.update(eval_strategy="steps", eval_steps=algo.eval_steps)
     args = RewardConfig(**{**common_args, "max_length": None, "disable_dropout": True,
                            "center_rewards_coefficient": algo.center_rewards_coefficient,
                            "per_device_eval_batch_size": common_args["per_device_train_batch_size"],

@@ -109,3 +109,35 @@ def test_fgrpo_and_fhal_zero3_two_processes(algorithm, tmp_path):
     key = "fhal/pair_accuracy" if algorithm == "fhal" else "fgrpo/clamp_frac"
     assert [e["step"] for e in history if key in e] == [1, 2]
     assert (run_dir / "final" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("objective", ["gaussian_anchor", "causal_rm"])
+def test_reward_model_zero3_two_processes(objective, tmp_path):
+    """Both ranks train one model; CausalRM's propensity / noise models see every row's features (gathered), and the
+    held-out metrics are printed once, by rank 0."""
+    run_dir = tmp_path / "run"
+    result = launch("cpu_zero3.yaml", ["-m", "align.train", "recipe=reward-gaussian-prefs-tiny",
+                                       f"algorithm.objective={objective}", f"trainer.output_dir={run_dir}",
+                                       "trainer.max_steps=3", "trainer.per_device_train_batch_size=8",
+                                       "algorithm.data.synthetic.num_train=200",
+                                       "algorithm.data.synthetic.num_eval=50"])
+    record = json.loads((run_dir / "final" / "config.json").read_text())["align_reward"]
+    assert record["objective"] == objective
+    if objective == "causal_rm":
+        assert record["rho_estimated"] and 0 < record["propensity_min"] < record["propensity_max"] <= 1
+    else:
+        assert len(record["anchor_thresholds"]) == 2
+    assert result.stdout.count("[align] held-out accuracy") == 1
+
+
+def test_grpo_scored_by_a_reward_model_zero3_two_processes(gaussian_reward_model, tmp_path):
+    run_dir = tmp_path / "run"
+    launch("cpu_zero3.yaml", ["-m", "align.train", "reward=reward_model",
+                              f"reward.sources.0.kwargs.path={gaussian_reward_model['final_model']}",
+                              "reward.sources.0.kwargs.quantile=0.25", f"trainer.output_dir={run_dir}",
+                              "trainer.max_steps=2", "trainer.per_device_train_batch_size=4",
+                              "algorithm.num_generations=4", "algorithm.max_completion_length=16",
+                              "data.synthetic.num_train=64", "eval.enabled=false"])
+    history = json.loads((run_dir / "trainer_state.json").read_text())["log_history"]
+    assert [e["step"] for e in history if "rewards/reward_model/mean" in e] == [1, 2]
+    assert (run_dir / "final" / "model.safetensors").exists()
