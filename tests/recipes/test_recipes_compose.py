@@ -28,6 +28,9 @@ def test_there_are_cpu_and_gpu_recipes():
 # Recipes whose header says the user must supply a value (`???` in the config): a stand-in for the test.
 REQUIRED = {
     "fhal-saferlhf-qwen2.5-1.5b-1n8g-zero2": ["reward.sources.0.kwargs.path=/models/safety-rm/final"],
+    "reward-gaussian-helpsteer2-llama3.2-1b-1n8g-zero2": ["algorithm.data.source=/data/helpsteer2_pairs.jsonl"],
+    "reward-bt-helpsteer2-llama3.2-1b-1n8g-zero2": ["algorithm.data.source=/data/helpsteer2_pairs.jsonl"],
+    "reward-causal-feedback-llama3.2-1b-1n8g-zero2": ["algorithm.data.source=/data/feedback.jsonl"],
 }
 
 

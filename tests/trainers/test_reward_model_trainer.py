@@ -78,13 +78,14 @@ def test_gaussian_reward_model_learns_the_preferences_and_records_its_anchors(ga
     assert record["score_std"] > 0
 
 
-@pytest.mark.parametrize("objective, metric, steps", [("bradley_terry", "eval_accuracy", 30),
-                                                      ("causal_rm", "eval_auc", 100)])
-def test_bradley_terry_and_causal_rm_train_end_to_end(objective, metric, steps, tmp_path):
+@pytest.mark.parametrize("recipe, objective, metric, steps", [
+    ("reward-bt-prefs-tiny", "bradley_terry", "eval_accuracy", 30),
+    ("reward-causal-feedback-tiny", "causal_rm", "eval_auc", 100),
+])
+def test_bradley_terry_and_causal_rm_recipes_train_end_to_end(recipe, objective, metric, steps, tmp_path):
     from align.train import run
 
-    overrides = ["recipe=reward-gaussian-prefs-tiny", f"algorithm.objective={objective}",
-                 f"trainer.output_dir={tmp_path / 'run'}", f"trainer.max_steps={steps}",
+    overrides = [f"recipe={recipe}", f"trainer.output_dir={tmp_path / 'run'}", f"trainer.max_steps={steps}",
                  "trainer.per_device_train_batch_size=16", "algorithm.data.synthetic.num_eval=200"]
     if objective == "causal_rm":  # the logging system's propensities are known: no propensity model to fit
         overrides += ["algorithm.data.propensity_column=true_propensity", "algorithm.causal.rho_01=0.2",
