@@ -271,7 +271,7 @@ class CausalRMConfig:
     propensity_weighting: bool = True  # IPS over all rows (False: train on the observed rows only)
     propensity_clip: List[float] = field(default_factory=lambda: [0.1, 1.0])
     doubly_robust: bool = False  # add an imputation model's loss on every row (needs propensity_weighting)
-    aux_l2: float = 1e-3  # ridge penalty of the logistic propensity / noisy-label models on frozen features
+    aux_l2: float = 1e-2  # ridge penalty of the logistic propensity / noisy-label models on frozen features
 
 
 @dataclass
@@ -565,6 +565,12 @@ def _validate_reward_model(cfg: AlignConfig, algo: RewardModelAlgorithmConfig) -
         raise ConfigError("warm_start trains a policy by SFT; a reward model has no warm start. Set "
                           "warm_start.max_steps=0.")
     data, anchors, causal = algo.data, algo.anchors, algo.causal
+    if cfg.model.lora.r:
+        raise ConfigError("model.lora.r > 0: LoRA reward models are not supported yet (the adapter-only export has no "
+                          "config.json for the scorer and best-of-N to read). Set model.lora.r=0.")
+    if algo.center_rewards_coefficient is not None and algo.objective != "bradley_terry":
+        raise ConfigError(f"algorithm.center_rewards_coefficient is TRL's Bradley-Terry penalty; objective "
+                          f"'{algo.objective}' does not use it. Unset it.")
     _positive("algorithm.data.max_length", data.max_length)
     if algo.eval_steps < 0:
         raise ConfigError(f"algorithm.eval_steps must be >= 0 (0 = before and after training), got {algo.eval_steps}.")
@@ -580,17 +586,17 @@ def _validate_reward_model(cfg: AlignConfig, algo: RewardModelAlgorithmConfig) -
     if algo.objective == "gaussian_anchor":
         if anchors.count not in (0, 1, 2):
             raise ConfigError(f"algorithm.anchors.count must be 0, 1 or 2, got {anchors.count}.")
-        if anchors.count and len(anchors.percentiles) < anchors.count:
-            raise ConfigError(f"algorithm.anchors.percentiles {list(anchors.percentiles)} needs one percentile per "
-                              f"anchor ({anchors.count}).")
+        if anchors.count and len(anchors.percentiles) != anchors.count:
+            raise ConfigError(f"algorithm.anchors.percentiles {list(anchors.percentiles)} must give one percentile per "
+                              f"anchor ({anchors.count}), e.g. algorithm.anchors.percentiles=[50] for one anchor.")
         if anchors.count and not (data.source == "synthetic" or data.score_columns or data.anchor_columns):
             raise ConfigError(f"algorithm.anchors.count is {anchors.count} but the data names no anchor source: set "
                               f"algorithm.data.score_columns=[<chosen score>,<rejected score>] or "
                               f"algorithm.data.anchor_columns, or algorithm.anchors.count=0 (sigma is then not "
                               f"identified).")
-        if anchors.lam < 0 or not 0 <= anchors.fraction <= 1:
-            raise ConfigError(f"algorithm.anchors.lam must be >= 0 and fraction in [0, 1]; got {anchors.lam} and "
-                              f"{anchors.fraction}.")
+        if anchors.lam < 0 or not 0 < anchors.fraction <= 1:
+            raise ConfigError(f"algorithm.anchors.lam must be >= 0 and fraction in (0, 1] (no anchors: count=0); got "
+                              f"{anchors.lam} and {anchors.fraction}.")
     if algo.objective == "causal_rm":
         given = [r for r in (causal.rho_01, causal.rho_10) if r is not None]
         if len(given) == 1:

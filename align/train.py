@@ -177,9 +177,6 @@ def _peft_config(config: AlignConfig):
         return None
     from peft import LoraConfig
 
-    if isinstance(config.algorithm, RewardModelAlgorithmConfig):  # the fresh reward head trains in full
-        return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                          target_modules=list(lora.target_modules), task_type="SEQ_CLS", modules_to_save=["score"])
     return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                       target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
 
@@ -364,15 +361,10 @@ def _run_reward_model(config: AlignConfig, cfg: DictConfig) -> dict:
               + (f"; {info['dropped_ties']} tied pairs dropped" if info.get("dropped_ties") else ""), flush=True)
     report_to = start_tracking(config.logger, run_dir, run_name, resolved, state.is_main_process)
     model = load_reward_model(config.model.path, algo.objective, dtype=config.model.dtype,
-                              revision=config.model.revision, trust_remote_code=config.model.trust_remote_code)
+                              revision=config.model.revision, trust_remote_code=config.model.trust_remote_code,
+                              attn_implementation=config.model.attn_implementation)
     common = training_arguments(config, run_dir, report_to, run_name)
-    try:
-        trainer = build_reward_model_trainer(model, tokenizer, train_rows, held_out_rows, algo, common,
-                                             peft_config=_peft_config(config))
-    except ValueError as err:  # anchors or noise rates that the data cannot support: a data problem
-        from align.data import DataError
-
-        raise DataError(str(err)) from err
+    trainer = build_reward_model_trainer(model, tokenizer, train_rows, held_out_rows, algo, common)
     trainer.train()
     after = trainer.evaluate() if trainer.eval_dataset is not None else {}
     before = next((entry for entry in trainer.state.log_history if "eval_loss" in entry), {})  # eval_on_start

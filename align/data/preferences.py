@@ -402,7 +402,11 @@ def prepare_feedback(rows: list[dict], cfg: RewardDataConfig, where: str = "the 
     if cfg.propensity_column:
         names["propensity_column"] = cfg.propensity_column
     _require_columns(rows[0], names, where)
-    true_column = cfg.true_label_column if cfg.true_label_column in rows[0] else None
+    if cfg.true_label_column and cfg.true_label_column not in rows[0]:
+        raise DataError(f"{where} has no '{cfg.true_label_column}' column (columns: {', '.join(rows[0])}); held-out "
+                        f"metrics would fall back to the noisy observed labels. Set {KEY}.true_label_column to the "
+                        f"column with clean labels, or unset it.")
+    true_column = cfg.true_label_column
     canonical = []
     for i, raw in enumerate(rows):
         observed = _binary(raw[cfg.observed_column])

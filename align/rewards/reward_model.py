@@ -14,6 +14,7 @@ for `quantile: random`; it logs the batch means of mu and sigma through TRL's `l
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from pathlib import Path
@@ -42,8 +43,9 @@ class RewardModelScorer:
         self.tokenizer = load_tokenizer(self.path, trust_remote_code=trust_remote_code)
         torch_dtype = (torch.bfloat16 if bf16_available() else torch.float32) if dtype == "auto" else \
             resolve_dtype(dtype)
-        self.model = AutoModelForSequenceClassification.from_pretrained(
-            self.path, dtype=torch_dtype, use_safetensors=True, trust_remote_code=trust_remote_code)
+        with _outside_zero3_init():
+            self.model = AutoModelForSequenceClassification.from_pretrained(
+                self.path, dtype=torch_dtype, use_safetensors=True, trust_remote_code=trust_remote_code)
         self.gaussian = is_gaussian(self.model.config)
         outputs = self.model.config.num_labels
         if outputs != (2 if self.gaussian else 1):
@@ -70,6 +72,22 @@ class RewardModelScorer:
         if not self.gaussian:
             return heads[:, 0], None
         return heads[:, 0], variance_from_raw(heads[:, 1]).sqrt()
+
+
+@contextlib.contextmanager
+def _outside_zero3_init():
+    """Load a full, unpartitioned copy even once a ZeRO-3 TrainingArguments exists (align loads reward sources in the
+    preflight, before that; code of one's own may not): transformers would otherwise build the model under
+    deepspeed.zero.Init, whose partitioned parameters a plain forward outside the engine cannot use. transformers
+    keeps the active DeepSpeed config behind a module-level weak reference; it is hidden for the load only."""
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    saved = getattr(hf_deepspeed, "_hf_deepspeed_config_weak_ref", None)
+    hf_deepspeed._hf_deepspeed_config_weak_ref = None
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = saved
 
 
 def _local_device() -> torch.device:

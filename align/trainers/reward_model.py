@@ -309,25 +309,34 @@ def anchor_mask(num_pairs: int, fraction: float, generator: torch.Generator | No
 def gaussian_anchor_loss(mu_w: torch.Tensor, var_w: torch.Tensor, mu_l: torch.Tensor, var_l: torch.Tensor,
                          soft_label: torch.Tensor | Number, labels_w: torch.Tensor, labels_l: torch.Tensor,
                          thresholds: Sequence[Number], lam: float = DEFAULT_LAMBDA,
-                         mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                         mask: torch.Tensor | None = None,
+                         fraction: float | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(total, L_pref, anchor term), scalars: total = L_pref + lam * anchor term.
 
     mu_w, var_w, mu_l, var_l  (P,) means and variances of the chosen / rejected responses
     soft_label                a number or (P,) in [0, 1]
     labels_w, labels_l        (P,) ordinal labels of the chosen / rejected responses (placeholders where unmasked)
     mask                      None (anchors on every pair) or (P,) bool: the pairs that carry anchors
-    The anchor term is the mean over the masked pairs of L_anchor(y_w) + L_anchor(y_l), and 0 with no masked pair.
+    fraction                  None: the anchor term is the mean over this batch's masked pairs of L_anchor(y_w) +
+                              L_anchor(y_l) (0 with no masked pair). A number f in (0, 1], the share of the training
+                              set's pairs that carry anchors: the term is their sum divided by f * P, an unbiased
+                              estimate of the mean over all anchored pairs that weighs every anchored pair the same
+                              whatever else its batch holds (the per-batch mean over-weighs pairs in batches with
+                              few anchors, and lam's effective weight falls with small batches).
     """
     pref = gaussian_preference_loss(mu_w, var_w, mu_l, var_l, soft_label)
     if mask is None:
         mask = torch.ones(mu_w.shape, dtype=torch.bool, device=mu_w.device)
     _same_shape(mu_w=mu_w, labels_w=labels_w, labels_l=labels_l, mask=mask)
     mask = mask.to(device=mu_w.device, dtype=torch.bool)
+    if fraction is not None and not 0.0 < fraction <= 1.0:
+        raise ValueError(f"The anchored fraction of pairs must lie in (0, 1]; got {fraction}.")
     if not mask.any():
         anchor = torch.zeros((), dtype=pref.dtype, device=pref.device)
     else:
-        anchor = (anchor_nll(mu_w[mask], var_w[mask], labels_w[mask], thresholds)
-                  + anchor_nll(mu_l[mask], var_l[mask], labels_l[mask], thresholds)).mean()
+        per_pair = (anchor_nll(mu_w[mask], var_w[mask], labels_w[mask], thresholds)
+                    + anchor_nll(mu_l[mask], var_l[mask], labels_l[mask], thresholds))
+        anchor = per_pair.mean() if fraction is None else per_pair.sum() / (fraction * mask.numel())
     return pref + lam * anchor, pref, anchor
 
 
@@ -509,7 +518,8 @@ def roc_auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
 
 def fit_logistic(features: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None,
                  l2: float = 1e-3, max_iter: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
-    """(w, b) of a weighted, ridge-penalised logistic regression, fitted to convergence with L-BFGS.
+    """(w, b) of a weighted, ridge-penalised logistic regression, fitted with L-BFGS (strong Wolfe line search, up
+    to `max_iter` iterations: ample for a convex problem of a few dozen dimensions).
 
     features (N, H) float; targets (N,) in [0, 1] (soft targets allowed); weights (N,) >= 0 or None (all 1).
     Minimises sum_i w_i BCE(x_i . w + b, t_i) / sum_i w_i + l2 / 2 * |w|^2 in float64 on features standardised with
@@ -570,6 +580,7 @@ def soft_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 GAUSSIAN_LABELS = {0: "mu", 1: "variance_raw"}  # the two-output head of a Gaussian reward model, in config.json
 CONFIG_KEY = "align_reward"  # config.json entry: objective, head, anchor thresholds, score standardisation, ...
+FIXED_DATE = "26 Jul 2024"  # what Llama 3.x templates print when no date is available
 
 
 def reward_input_ids(tokenizer, prompt: list[dict], response: str) -> list[int]:
@@ -577,7 +588,10 @@ def reward_input_ids(tokenizer, prompt: list[dict], response: str) -> list[int]:
     the response as the assistant turn. Training, scoring as a reward source and best-of-N all go through this, so a
     reward model scores exactly what it was trained on."""
     messages = [*prompt, {"role": "assistant", "content": response}]
-    return tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
+    # Llama 3.x templates print today's date unless given one: a model trained on Monday would read different tokens
+    # on Tuesday. Templates that do not use `date_string` ignore it.
+    return tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
+                                         date_string=FIXED_DATE)["input_ids"]
 
 
 def is_gaussian(config) -> bool:
@@ -586,7 +600,7 @@ def is_gaussian(config) -> bool:
 
 
 def load_reward_model(path: str, objective: str, *, dtype: str = "auto", revision: str | None = None,
-                      trust_remote_code: bool = False):
+                      trust_remote_code: bool = False, attn_implementation: str | None = None):
     """A sequence-classification model to train: one output (bradley_terry, causal_rm) or two (gaussian_anchor: mu
     and the raw variance v, sigma^2 = softplus(v) + 1e-6), on top of `path`'s backbone (safetensors only). A causal
     LM checkpoint gets a fresh bias-free linear head on its last-token hidden state."""
@@ -597,11 +611,12 @@ def load_reward_model(path: str, objective: str, *, dtype: str = "auto", revisio
 
     gaussian = objective == "gaussian_anchor"
     labels = GAUSSIAN_LABELS if gaussian else {0: "reward"}
+    extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
     with suppress_seqcls_warning():  # the new head and the dropped LM head are expected, not worth a warning
         model = AutoModelForSequenceClassification.from_pretrained(
             resolve_model_path(path), num_labels=len(labels), id2label=labels,
             label2id={v: k for k, v in labels.items()}, dtype=resolve_dtype(dtype), revision=revision,
-            trust_remote_code=trust_remote_code, use_safetensors=True)
+            trust_remote_code=trust_remote_code, use_safetensors=True, **extra)
     setattr(model.config, CONFIG_KEY, {"objective": objective, "head": "gaussian" if gaussian else "scalar"})
     return model
 
@@ -671,16 +686,13 @@ class AlignRewardTrainer(RewardTrainer):
     """
 
     def __init__(self, *args, objective: str = "bradley_terry", thresholds: tuple[float, ...] = (),
-                 lam: float = DEFAULT_LAMBDA, **kwargs):
-        self.objective, self.thresholds, self.lam = objective, tuple(thresholds), lam
+                 lam: float = DEFAULT_LAMBDA, anchor_fraction: float = 1.0, **kwargs):
+        self.objective, self.thresholds, self.lam, self.anchor_fraction = objective, tuple(thresholds), lam, \
+            anchor_fraction
         model = kwargs["model"]
         with _presented_as_scalar(model) if objective == "gaussian_anchor" else contextlib.nullcontext():
             super().__init__(*args, **kwargs)
         self._eval_buffer: dict[str, list[torch.Tensor]] = {}
-
-    def _set_signature_columns_if_needed(self):
-        if self._signature_columns is None:
-            self._signature_columns = ["chosen_ids", "rejected_ids", "input_ids", *PAIR_FIELDS, *FEEDBACK_FIELDS]
 
     def _forward(self, model, inputs) -> torch.Tensor:
         """(B, outputs) head outputs in float32."""
@@ -706,7 +718,8 @@ class AlignRewardTrainer(RewardTrainer):
             if self.thresholds:
                 loss, pref, anchor = gaussian_anchor_loss(
                     mu_w, var_w, mu_l, var_l, soft, inputs["anchor_chosen"], inputs["anchor_rejected"],
-                    self.thresholds, self.lam, inputs["anchor_mask"])
+                    self.thresholds, self.lam, inputs["anchor_mask"],
+                    fraction=self.anchor_fraction if mode == "train" else 1.0)  # every held-out pair is anchored
                 if mode == "train":
                     self._log_mean(mode, "loss_pref", pref)
                     self._log_mean(mode, "loss_anchor", anchor)
@@ -841,16 +854,20 @@ def attach_anchors(train: list[dict], held_out: list[dict], count: int, percenti
         if not std > 0:
             raise ValueError("The anchor score column is constant over the training set; anchors need a score that "
                              "varies.")
-        thresholds = anchor_thresholds((scores - mean) / std, list(percentiles)[:count])
+        if len(percentiles) != count:
+            raise ValueError(f"{count} anchor(s) need {count} percentile(s); got {list(percentiles)}.")
+        thresholds = anchor_thresholds((scores - mean) / std, list(percentiles))
         for row in (*train, *held_out):
             standard = torch.tensor([row["score_chosen"], row["score_rejected"]], dtype=torch.float64)
             row["anchor_chosen"], row["anchor_rejected"] = ordinal_labels((standard - mean) / std, thresholds).tolist()
         info = {"anchor_thresholds": list(thresholds), "score_mean": mean, "score_std": std}
     else:
+        for split, rows in (("training", train), ("held-out", held_out)):
+            given = np.array([[r["anchor_chosen"], r["anchor_rejected"]] for r in rows]).ravel()
+            if given.size and (given.min() < 0 or given.max() > count):
+                raise ValueError(f"Given anchor labels must lie in 0..{count} for {count} anchor(s); the {split} "
+                                 f"data has values in {given.min()}..{given.max()}. Set algorithm.anchors.count.")
         labels = np.array([[r["anchor_chosen"], r["anchor_rejected"]] for r in train]).ravel()
-        if labels.min() < 0 or labels.max() > count:
-            raise ValueError(f"Given anchor labels must lie in 0..{count} for {count} anchor(s); the training data "
-                             f"has values in {labels.min()}..{labels.max()}. Set algorithm.anchors.count.")
         shares = [float((labels < k).mean()) for k in range(1, count + 1)]
         if not all(0 < s < 1 for s in shares) or len(set(shares)) < len(shares):
             raise ValueError(f"Every anchor class must occur in the training data (cumulative shares {shares}).")
@@ -866,56 +883,93 @@ def attach_anchors(train: list[dict], held_out: list[dict], count: int, percenti
 
 @torch.no_grad()
 def last_token_features(model, sequences: list[list[int]], pad_token_id: int, batch_size: int = 32) -> torch.Tensor:
-    """(N, H) float32 CPU: the final hidden state at each sequence's last token, the one the reward head reads.
+    """(N, H) float32 CPU: the backbone's final hidden state at the position the reward head reads (the rightmost
+    token that is not the pad token: transformers' rule for sequence classification).
 
-    Each process computes a contiguous shard and the shards are all-gathered, so every process ends with the same
-    matrix. The model must not be sharded yet (it is not, before the trainer is built)."""
+    Moves the model to this process's device (where the trainer would put it anyway). Each process computes a
+    contiguous shard and the shards are all-gathered, so every process ends with the same matrix. The model must not
+    be sharded yet (it is not, before the trainer is built)."""
     from accelerate import PartialState
     from accelerate.utils import gather
 
     state = PartialState()
     shard = math.ceil(len(sequences) / state.num_processes)
     mine = sequences[state.process_index * shard:(state.process_index + 1) * shard]
-    device = next(model.parameters()).device
+    model.to(state.device)
+    backbone = getattr(model, model.base_model_prefix)
     was_training = model.training
     model.eval()
-    hidden = model.config.get_text_config().hidden_size
-    out = torch.zeros((shard, hidden), dtype=torch.float32, device=state.device)
+    out = torch.zeros((shard, model.config.get_text_config().hidden_size), dtype=torch.float32, device=state.device)
     order = sorted(range(len(mine)), key=lambda i: len(mine[i]))  # similar lengths together: less padding
     for start in range(0, len(order), batch_size):
-        index = order[start:start + batch_size]
-        ids, mask = _pad_right([mine[i] for i in index], pad_token_id)
-        states = model(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True,
-                       use_cache=False).hidden_states[-1]
-        last = mask.sum(-1).to(device) - 1
-        out[torch.tensor(index, device=state.device)] = states[torch.arange(len(index), device=device), last].float() \
-            .to(state.device)
+        index = torch.tensor(order[start:start + batch_size], device=state.device)
+        ids, mask = (t.to(state.device) for t in _pad_right([mine[i] for i in index.tolist()], pad_token_id))
+        states = backbone(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        positions = torch.arange(ids.shape[1], device=ids.device)
+        read = (positions * (ids != pad_token_id)).argmax(-1)
+        out[index] = states[torch.arange(len(index), device=ids.device), read].float()
     model.train(was_training)
     features = gather(out) if state.num_processes > 1 else out
     return features[:len(sequences)].cpu()
 
 
+def principal_components(features: torch.Tensor, k: int = 64, seed: int = 0) -> torch.Tensor:
+    """(N, min(k, H, N)) float64: the centred features projected on their top principal directions (randomised,
+    seeded, so every process gets the same projection). A linear probe with thousands of dimensions on a few
+    thousand rows overfits its own training rows; a few dozen components keep what varies most."""
+    x = features.double()
+    x = x - x.mean(0)
+    k = min(k, *x.shape)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        _, _, v = torch.pca_lowrank(x, q=k, center=False)
+    return x @ v[:, :k]
+
+
+def cross_fitted_logits(features: torch.Tensor, targets: torch.Tensor, fit_rows: torch.Tensor,
+                        weights: torch.Tensor | None = None, l2: float = 1e-2, folds: int = 5,
+                        seed: int = 0) -> torch.Tensor:
+    """(N,) float64 out-of-fold logits of `fit_logistic`: rows are split into `folds` random folds; each fold's
+    logits come from a model fitted on the `fit_rows` (bool (N,)) of the other folds, so no row is scored by a model
+    that saw it (in-sample logits of a flexible probe are overconfident: they push the noise-rate quantiles to 0
+    and the propensities of observed rows towards 1)."""
+    n = features.shape[0]
+    fold = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) % folds
+    weights = torch.ones(n, dtype=torch.float64) if weights is None else weights.double()
+    logits = torch.empty(n, dtype=torch.float64)
+    for k in range(folds):
+        train = fit_rows & (fold != k)
+        if not train.any():
+            raise ValueError("A cross-fitting fold has no rows to fit on; the data has too few observed rows.")
+        coef, bias = fit_logistic(features[train], targets[train], weights[train], l2=l2)
+        logits[fold == k] = logistic_logits(features[fold == k], coef, bias)
+    return logits
+
+
 def causal_rm_inputs(model, rows: list[dict], pad_token_id: int, *, noise_correction: bool,
                      rho: tuple[float | None, float | None], noise_quantile: float, propensity_weighting: bool,
-                     doubly_robust: bool, clip: Sequence[float], l2: float) -> dict:
+                     doubly_robust: bool, clip: Sequence[float], l2: float, seed: int = 0) -> dict:
     """Fill each row's `propensity` (unless the data gave one) and, for doubly robust, `imputed`; return the noise
     rates and what to record: {"rho_01", "rho_10", "rho_estimated", "propensity_min/max/mean"}.
 
-    The auxiliary models are logistic regressions on the frozen initial backbone's last-token features: the
-    propensity model predicts `observed` from every row; the noisy-label model predicts the observed label from the
-    observed rows, weighted by 1 / clipped propensity when propensity weighting is on (so it estimates P(y~ = 1 | x)
-    over all rows, not just the ones users chose to rate). Its logits over all rows give the noise rates
-    (`estimate_noise_rates`) and, through `imputed_clean_probability`, the doubly robust imputation.
+    The auxiliary models are logistic regressions on the top principal components of the frozen initial backbone's
+    features (`last_token_features`, `principal_components`), cross-fitted (`cross_fitted_logits`): the propensity
+    model predicts `observed` from every row; the noisy-label model predicts the observed label from the observed
+    rows, weighted by 1 / clipped propensity when propensity weighting is on (so it estimates P(y~ = 1 | x) over all
+    rows, not just those users chose to rate). Its logits give the noise rates (`estimate_noise_rates`) and, through
+    `imputed_clean_probability`, the doubly robust imputation.
     """
     observed = torch.tensor([r["observed"] for r in rows], dtype=torch.float64)
     need_propensity = propensity_weighting and "propensity" not in rows[0]
     need_noise_model = (noise_correction and None in rho) or doubly_robust
     features = None
     if need_propensity or need_noise_model:
-        features = last_token_features(model, [r["input_ids"] for r in rows], pad_token_id)
+        features = principal_components(last_token_features(model, [r["input_ids"] for r in rows], pad_token_id),
+                                        seed=seed)
     if need_propensity:
-        coef, bias = fit_logistic(features, observed, l2=l2)
-        for row, p in zip(rows, torch.sigmoid(logistic_logits(features, coef, bias)).tolist()):
+        logits = cross_fitted_logits(features, observed, torch.ones_like(observed, dtype=torch.bool), l2=l2,
+                                     seed=seed)
+        for row, p in zip(rows, torch.sigmoid(logits).tolist()):
             row["propensity"] = min(max(p, 1e-6), 1.0)
     propensity = torch.tensor([r.get("propensity", 1.0) for r in rows], dtype=torch.float64)
     info = {}
@@ -924,11 +978,9 @@ def causal_rm_inputs(model, rows: list[dict], pad_token_id: int, *, noise_correc
                     propensity_mean=propensity.mean().item())
     rho_01, rho_10 = rho if noise_correction and None not in rho else (0.0, 0.0)
     if need_noise_model:
-        seen = observed.bool()
         weights = 1.0 / propensity.clamp(*clip) if propensity_weighting else torch.ones_like(propensity)
         labels = torch.tensor([r["label"] for r in rows], dtype=torch.float64)
-        coef, bias = fit_logistic(features[seen], labels[seen], weights[seen], l2=l2)
-        noisy_logits = logistic_logits(features, coef, bias)
+        noisy_logits = cross_fitted_logits(features, labels, observed.bool(), weights, l2=l2, seed=seed)
         if noise_correction and None in rho:
             rho_01, rho_10 = estimate_noise_rates(noisy_logits, 1.0 - noise_quantile, noise_quantile)
         if doubly_robust:
@@ -937,6 +989,18 @@ def causal_rm_inputs(model, rows: list[dict], pad_token_id: int, *, noise_correc
                 row["imputed"] = value
     info.update(rho_01=rho_01, rho_10=rho_10, rho_estimated=noise_correction and None in rho)
     return info
+
+
+@contextlib.contextmanager
+def _as_data_error():
+    """Anchors or noise rates the data cannot support (a constant score, classes that never occur, noise-rate
+    estimates summing to >= 1) are data problems: report them as such, in one line."""
+    from align.data import DataError
+
+    try:
+        yield
+    except ValueError as err:
+        raise DataError(str(err)) from err
 
 
 def build_reward_model_trainer(model, tokenizer, train_rows: list[dict], held_out_rows: list[dict] | None, algo,
@@ -951,13 +1015,17 @@ def build_reward_model_trainer(model, tokenizer, train_rows: list[dict], held_ou
     from trl import RewardConfig
 
     data, objective = algo.data, algo.objective
+    # TRL sets this inside its constructor; CausalRM's feature pass runs before, and Llama / Qwen configs have none.
+    model.config.get_text_config().pad_token_id = tokenizer.pad_token_id
     record = getattr(model.config, CONFIG_KEY)
     kwargs = {} if objective == "causal_rm" else {"objective": objective}
     if objective == "gaussian_anchor" and algo.anchors.count:  # on the raw rows: thresholds come from their scores
         train_rows, held_out_rows = [dict(r) for r in train_rows], [dict(r) for r in held_out_rows or []]
-        record.update(attach_anchors(train_rows, held_out_rows, algo.anchors.count, algo.anchors.percentiles,
-                                     algo.anchors.fraction, common_args["seed"]))
-        kwargs.update(thresholds=record["anchor_thresholds"], lam=algo.anchors.lam)
+        with _as_data_error():
+            record.update(attach_anchors(train_rows, held_out_rows, algo.anchors.count, algo.anchors.percentiles,
+                                         algo.anchors.fraction, common_args["seed"]))
+        kwargs.update(thresholds=record["anchor_thresholds"], lam=algo.anchors.lam,
+                      anchor_fraction=algo.anchors.fraction)
     train, dropped = tokenize_rows(train_rows, tokenizer, data.max_length)
     held_out, dropped_eval = tokenize_rows(held_out_rows or [], tokenizer, data.max_length)
     if dropped or dropped_eval:
@@ -967,10 +1035,12 @@ def build_reward_model_trainer(model, tokenizer, train_rows: list[dict], held_ou
         raise ValueError(f"No training row fits algorithm.data.max_length {data.max_length}; raise it.")
     if objective == "causal_rm":
         c = algo.causal
-        record.update(causal_rm_inputs(model, train, tokenizer.pad_token_id, noise_correction=c.noise_correction,
-                                       rho=(c.rho_01, c.rho_10), noise_quantile=c.noise_quantile,
-                                       propensity_weighting=c.propensity_weighting, doubly_robust=c.doubly_robust,
-                                       clip=c.propensity_clip, l2=c.aux_l2))
+        with _as_data_error():
+            record.update(causal_rm_inputs(model, train, tokenizer.pad_token_id, noise_correction=c.noise_correction,
+                                           rho=(c.rho_01, c.rho_10), noise_quantile=c.noise_quantile,
+                                           propensity_weighting=c.propensity_weighting,
+                                           doubly_robust=c.doubly_robust, clip=c.propensity_clip, l2=c.aux_l2,
+                                           seed=common_args["seed"]))
         if not c.propensity_weighting:  # the naive estimators see only the rows that got feedback
             train = [row for row in train if row["observed"]]
         kwargs.update(rho=(record["rho_01"], record["rho_10"]), propensity_weighting=c.propensity_weighting,
@@ -982,7 +1052,8 @@ def build_reward_model_trainer(model, tokenizer, train_rows: list[dict], held_ou
     eval_args = {"eval_on_start": True} if held_out else {}
     if algo.eval_steps and held_out:
         eval_args.update(eval_strategy="steps", eval_steps=algo.eval_steps)
-    args = RewardConfig(**{**common_args, "max_length": None, "disable_dropout": True,
+    # prediction_loss_only: held-out metrics come from compute_loss's full-set buffer, not from predictions.
+    args = RewardConfig(**{**common_args, "max_length": None, "disable_dropout": True, "prediction_loss_only": True,
                            "center_rewards_coefficient": algo.center_rewards_coefficient,
                            "per_device_eval_batch_size": common_args["per_device_train_batch_size"],
                            **eval_args, **algo.trl})

@@ -244,8 +244,9 @@ def test_feedback_rows_accept_bools_and_floats_and_ignore_unobserved_labels():
         {"prompt": [{"role": "user", "content": "q"}], "response": "t", "observed": 0, "label": 0,
          "propensity": 0.2, "true_label": 0},
     ]
-    # The true-label column is optional per split: absent here, so no true_label.
-    assert "true_label" not in prepare_feedback([{k: v for k, v in rows[0].items() if k != "truth"}], cfg)[0]
+    # A configured true-label column that the split lacks is refused: metrics would silently use noisy labels.
+    with pytest.raises(DataError, match="no 'truth' column.*true_label_column"):
+        prepare_feedback([{k: v for k, v in rows[0].items() if k != "truth"}], cfg)
 
 
 GOOD_FEEDBACK = {"prompt": "p", "response": "r", "observed": 1, "label": 0, "p": 0.5, "truth": 0}

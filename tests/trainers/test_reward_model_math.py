@@ -278,9 +278,24 @@ def test_gaussian_anchor_loss_hand_computed():
     assert total.item() == pytest.approx(GA_PREF + 0.5 * 3.016933406602882, rel=1e-12)
     total, pref, anchor = gaussian_anchor_loss(**GA, mask=torch.tensor([False, False]))
     assert anchor.item() == 0.0 and total.item() == pref.item()
+    # with the training set's anchored fraction f: the masked pairs' sum / (f * P)
+    _, _, anchor = gaussian_anchor_loss(**GA, mask=torch.tensor([False, True]), fraction=0.25)
+    assert anchor.item() == pytest.approx(GA_PAIR[1] / (0.25 * 2), rel=1e-12)
+    _, _, anchor = gaussian_anchor_loss(**GA, mask=torch.tensor([True, True]), fraction=1.0)
+    assert anchor.item() == pytest.approx(sum(GA_PAIR) / 2, rel=1e-12)
+    with pytest.raises(ValueError, match="fraction"):
+        gaussian_anchor_loss(**GA, fraction=0.0)
     total, pref, anchor = gaussian_anchor_loss(**{k: v.float() if isinstance(v, torch.Tensor) and v.is_floating_point()
                                                   else v for k, v in GA.items()})
     assert total.dtype == pref.dtype == anchor.dtype == torch.float32
+
+
+def test_anchor_term_with_the_fraction_is_unbiased_for_the_mean_over_anchored_pairs():
+    # Every subset of 1 of 2 pairs equally likely (fraction 0.5): E[anchor term] = the mean of the pairs' terms, and
+    # each anchored pair's weight is the same (1 / (f P)) whatever its batch holds.
+    terms = [gaussian_anchor_loss(**GA, mask=torch.tensor(m), fraction=0.5)[2].item()
+             for m in ([True, False], [False, True])]
+    assert sum(terms) / 2 == pytest.approx(sum(GA_PAIR) / 2, rel=1e-12)
 
 
 def test_gaussian_anchor_loss_unmasked_pairs_get_no_anchor_gradient():

@@ -279,6 +279,19 @@ def test_reward_source_refuses_quantiles_of_a_scalar_model_and_missing_checkpoin
         RewardModelScorer(str(tmp_path / "missing"))
 
 
+def test_scorer_loads_a_full_copy_while_a_zero3_config_is_active(gaussian_reward_model):
+    from transformers.integrations import HfDeepSpeedConfig, is_deepspeed_zero3_enabled
+
+    zero3 = HfDeepSpeedConfig({"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": 1})
+    assert is_deepspeed_zero3_enabled()
+    scorer = RewardModelScorer(gaussian_reward_model["final_model"])
+    assert is_deepspeed_zero3_enabled(), "the ZeRO-3 config is hidden for the load only"
+    assert not any(hasattr(p, "ds_id") for p in scorer.model.parameters())  # not partitioned by zero.Init
+    mu, sigma = scorer.score(["Rate it."], ["It is bold, slow and plain."])
+    assert torch.isfinite(mu).all() and (sigma > 0).all()
+    del zero3
+
+
 def test_grpo_run_scored_by_a_trained_gaussian_reward_model(gaussian_reward_model, tiny_run):
     from align.train import run
 
@@ -306,6 +319,10 @@ def test_grpo_run_scored_by_a_trained_gaussian_reward_model(gaussian_reward_mode
     (["warm_start.max_steps=10"], "warm_start"),
     (["algorithm.data.label_column=s", "algorithm.data.votes_columns=[a,b]"], "not both"),
     (["+algorithm.trl.center_rewards_coefficient=0.1"], "duplicates"),
+    (["algorithm.objective=gaussian_anchor", "algorithm.center_rewards_coefficient=0.01"], "Bradley-Terry"),
+    (["algorithm.objective=gaussian_anchor", "algorithm.anchors.count=1"], "one percentile per anchor"),
+    (["algorithm.objective=gaussian_anchor", "algorithm.anchors.fraction=0"], r"\(0, 1\]"),
+    (["model.lora.r=8"], "LoRA"),
 ])
 def test_reward_model_config_errors_name_the_key(overrides, message):
     from omegaconf import OmegaConf
