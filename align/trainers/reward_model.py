@@ -772,13 +772,17 @@ class AlignCausalRMTrainer(AlignRewardTrainer):
     imputed clean-label probability, all computed before training (`causal_rm_inputs`). The loss is the
     noise-aware surrogate weighted by inverse propensity (or the doubly robust form); with propensity weighting off
     the rows are the observed ones only and the loss is their mean. Held-out metrics: accuracy and AUC of
-    sigmoid(f) against `true_label` (an unbiased held-out set) or the observed labels.
+    sigmoid(f) against `true_label` (an unbiased held-out set) or the observed labels. The noise rates and the
+    propensity range in use (`estimates`) are logged with every training step as `causal/<name>`, so they sit next
+    to the run's curves in the tracker.
     """
 
     def __init__(self, *args, rho: tuple[float, float] = (0.0, 0.0), propensity_weighting: bool = True,
-                 doubly_robust: bool = False, clip: tuple[float, float] = DEFAULT_PROPENSITY_CLIP, **kwargs):
+                 doubly_robust: bool = False, clip: tuple[float, float] = DEFAULT_PROPENSITY_CLIP,
+                 estimates: dict[str, float] | None = None, **kwargs):
         self.rho, self.propensity_weighting, self.doubly_robust, self.clip = rho, propensity_weighting, \
             doubly_robust, tuple(clip)
+        self.estimates = dict(estimates or {})
         super().__init__(*args, objective="causal_rm", **kwargs)
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
@@ -804,6 +808,8 @@ class AlignCausalRMTrainer(AlignRewardTrainer):
             else:
                 loss = ips_loss(per_row, observed, inputs["propensity"], self.clip)
             self._log_mean(mode, "observed_frac", observed.float().mean())
+            for name, value in self.estimates.items():
+                self._metrics[mode][f"causal/{name}"] = [value]
             self._log_mean(mode, "mean_reward", logits.detach().mean())
         self._count_tokens(inputs, mode)
         return (loss, logits) if return_outputs else loss
@@ -1044,7 +1050,8 @@ def build_reward_model_trainer(model, tokenizer, train_rows: list[dict], held_ou
         if not c.propensity_weighting:  # the naive estimators see only the rows that got feedback
             train = [row for row in train if row["observed"]]
         kwargs.update(rho=(record["rho_01"], record["rho_10"]), propensity_weighting=c.propensity_weighting,
-                      doubly_robust=c.doubly_robust, clip=tuple(c.propensity_clip))
+                      doubly_robust=c.doubly_robust, clip=tuple(c.propensity_clip),
+                      estimates={k: v for k, v in record.items() if k.startswith(("rho_0", "rho_1", "propensity"))})
     log.info("reward model: %s on %d training rows%s; %s", objective, len(train),
              f", {len(held_out)} held out" if held_out else "", {k: v for k, v in record.items()})
     # Held-out metrics before training come from eval_on_start: inside train(), after DeepSpeed has wrapped the

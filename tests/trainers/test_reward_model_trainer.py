@@ -97,6 +97,10 @@ def test_bradley_terry_and_causal_rm_recipes_train_end_to_end(recipe, objective,
     if objective == "causal_rm":
         assert (record["rho_01"], record["rho_10"], record["rho_estimated"]) == (0.2, 0.1, False)
         assert 0.1 <= record["propensity_min"] < record["propensity_max"] <= 0.6
+        history = json.loads(open(f"{summary['run_dir']}/trainer_state.json").read())["log_history"]
+        logged = [e for e in history if "causal/rho_01" in e]
+        assert logged and all(e["causal/rho_01"] == 0.2 and e["causal/propensity_max"] == record["propensity_max"]
+                              for e in logged)
 
 
 # --- the Gaussian checkpoint ------------------------------------------------------------------------------------------
