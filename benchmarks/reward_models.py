@@ -3,6 +3,8 @@ estimators on selection-biased, noisy feedback.
 
     python benchmarks/reward_models.py                                  # both parts, seeds 1 2 3 (~55 min, 2 cores)
     python benchmarks/reward_models.py --seeds 1 --pair-steps 100 --feedback-steps 100 --out /tmp/rm.json
+    python benchmarks/reward_models.py --pair-models gaussian_2_anchors --feedback-models --pair-steps 1500 \
+        --out benchmarks/results/reward_models_sigma_1500.json          # sigma identification, longer
 
 Data: the embedded known-truth world (align.data.preferences): a response's true reward is N(mu, sigma^2), mu and
 sigma set by its words. Every run trains the tiny model through `align.train` (recipe reward-gaussian-prefs-tiny,
@@ -153,17 +155,25 @@ def main() -> None:
     # 0.05 at 250 steps, 0.89 at 1000).
     parser.add_argument("--pair-steps", type=int, default=800)
     parser.add_argument("--feedback-steps", type=int, default=200)
+    parser.add_argument("--pair-models", nargs="+", choices=list(PAIR_MODELS), default=list(PAIR_MODELS))
+    parser.add_argument("--feedback-models", nargs="*", choices=list(FEEDBACK_MODELS), default=list(FEEDBACK_MODELS),
+                        help="(needs bradley_terry among --pair-models: its model is the backbone)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "reward_models.json"))
     args = parser.parse_args()
+    if args.feedback_models and "bradley_terry" not in args.pair_models:
+        parser.error("the feedback part fine-tunes the Bradley-Terry model of part 1: keep bradley_terry in "
+                     "--pair-models or pass --feedback-models with no names")
     workdir = Path(tempfile.mkdtemp(prefix="rm-bench-"))
-    pairs = {name: [] for name in PAIR_MODELS}
-    feedback = {name: [] for name in FEEDBACK_MODELS}
+    pairs = {name: [] for name in args.pair_models}
+    feedback = {name: [] for name in args.feedback_models}
     for seed in args.seeds:
-        for name in PAIR_MODELS:
+        for name in args.pair_models:
             pairs[name].append(pair_run(name, seed, args.pair_steps, workdir))
             print(f"[bench] pairs {name} seed {seed}: {pairs[name][-1]}", flush=True)
+        if not args.feedback_models:
+            continue
         init = backbone(seed, workdir)
-        for name in FEEDBACK_MODELS:
+        for name in args.feedback_models:
             feedback[name].append(feedback_run(name, seed, args.feedback_steps, init, workdir))
             print(f"[bench] feedback {name} seed {seed}: {feedback[name][-1]}", flush=True)
     result = {
@@ -174,7 +184,7 @@ def main() -> None:
                   "true_noise_rates": TRUE_RHO, "true_propensity": {"bad": 0.15, "good": 0.6},
                   "device": "cpu, 2 cores"},
         "pairs": summarise(pairs),
-        "feedback": summarise(feedback),
+        "feedback": summarise(feedback) if feedback else {},
     }
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"[bench] wrote {args.out}")
