@@ -224,6 +224,23 @@ def _warm_start(config: AlignConfig, model_path: str, tokenizer, train_dataset, 
     return str(stage_dir / "final")
 
 
+def _open_run(config: AlignConfig, cfg: DictConfig, detail: str = ""):
+    """(process state, run directory, run name, trackers): the shared run directory with the resolved config
+    (credentials redacted) written by rank 0, announced once with `detail` appended, and tracking started."""
+    from align.tracking import redact, start_tracking
+    from align.trainers.common import distributed_state
+
+    state = distributed_state()
+    run_dir, run_name = shared_run_dir(config, state)
+    resolved = redact(OmegaConf.to_container(cfg, resolve=True))
+    if state.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
+        print(f"[align] run directory: {run_dir} ({state.num_processes} process(es), "
+              f"{state.distributed_type.value}){detail}", flush=True)
+    return state, run_dir, run_name, start_tracking(config.logger, run_dir, run_name, resolved, state.is_main_process)
+
+
 def run(cfg: DictConfig) -> dict:
     """Train as configured; return a summary (run_dir, held-out accuracy before/after, final model path)."""
     import torch
@@ -233,8 +250,8 @@ def run(cfg: DictConfig) -> dict:
     from align.models import load_causal_lm, load_tokenizer, resolve_model_path
     from align.plotting import plot_training_curves
     from align.rewards import build_reward_sources, guard, preflight, resolve_reward
-    from align.tracking import finish_tracking, redact, start_tracking
-    from align.trainers.common import distributed_state, training_arguments
+    from align.tracking import finish_tracking
+    from align.trainers.common import training_arguments
 
     config: AlignConfig = OmegaConf.to_object(cfg)
     validate(config)
@@ -263,15 +280,7 @@ def run(cfg: DictConfig) -> dict:
                                trust_remote_code=config.model.trust_remote_code,
                                chat_template=config.model.chat_template)
 
-    state = distributed_state()
-    run_dir, run_name = shared_run_dir(config, state)
-    resolved = redact(OmegaConf.to_container(cfg, resolve=True))
-    if state.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
-        print(f"[align] run directory: {run_dir} ({state.num_processes} process(es), "
-              f"{state.distributed_type.value})", flush=True)
-    report_to = start_tracking(config.logger, run_dir, run_name, resolved, state.is_main_process)
+    state, run_dir, run_name, report_to = _open_run(config, cfg)
 
     model_path = config.model.path
     if config.warm_start.max_steps:
@@ -340,8 +349,8 @@ def _run_reward_model(config: AlignConfig, cfg: DictConfig) -> dict:
     from align.data.preferences import load_reward_data
     from align.models import load_tokenizer
     from align.plotting import plot_training_curves
-    from align.tracking import finish_tracking, redact, start_tracking
-    from align.trainers.common import distributed_state, training_arguments
+    from align.tracking import finish_tracking
+    from align.trainers.common import training_arguments
     from align.trainers.reward_model import build_reward_model_trainer, load_reward_model
 
     algo = config.algorithm
@@ -349,17 +358,9 @@ def _run_reward_model(config: AlignConfig, cfg: DictConfig) -> dict:
     tokenizer = load_tokenizer(config.model.path, revision=config.model.revision,
                                trust_remote_code=config.model.trust_remote_code,
                                chat_template=config.model.chat_template)
-    state = distributed_state()
-    run_dir, run_name = shared_run_dir(config, state)
-    resolved = redact(OmegaConf.to_container(cfg, resolve=True))
-    if state.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
-        print(f"[align] run directory: {run_dir} ({state.num_processes} process(es), "
-              f"{state.distributed_type.value}); {len(train_rows)} training rows"
-              + (f", {len(held_out_rows)} held out" if held_out_rows else "")
-              + (f"; {info['dropped_ties']} tied pairs dropped" if info.get("dropped_ties") else ""), flush=True)
-    report_to = start_tracking(config.logger, run_dir, run_name, resolved, state.is_main_process)
+    rows = f"; {len(train_rows)} training rows" + (f", {len(held_out_rows)} held out" if held_out_rows else "")
+    ties = f"; {info['dropped_ties']} tied pairs dropped" if info.get("dropped_ties") else ""
+    state, run_dir, run_name, report_to = _open_run(config, cfg, rows + ties)
     model = load_reward_model(config.model.path, algo.objective, dtype=config.model.dtype,
                               revision=config.model.revision, trust_remote_code=config.model.trust_remote_code,
                               attn_implementation=config.model.attn_implementation)
