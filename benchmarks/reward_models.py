@@ -4,7 +4,7 @@ estimators on selection-biased, noisy feedback.
     python benchmarks/reward_models.py                                  # both parts, seeds 1 2 3 (~55 min, 2 cores)
     python benchmarks/reward_models.py --seeds 1 --pair-steps 100 --feedback-steps 100 --out /tmp/rm.json
     python benchmarks/reward_models.py --pair-models gaussian_2_anchors --feedback-models --pair-steps 1500 \
-        --out benchmarks/results/reward_models_sigma_1500.json          # sigma identification, longer
+        --out /tmp/rm_sigma.json                                        # sigma identification, longer
 
 Data: the embedded known-truth world (align.data.preferences): a response's true reward is N(mu, sigma^2), mu and
 sigma set by its words. Every run trains the tiny model through `align.train` (recipe reward-gaussian-prefs-tiny,
