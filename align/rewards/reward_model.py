@@ -58,7 +58,7 @@ class RewardModelScorer:
     def score(self, prompts: list, completions: list, batch_size: int = 16) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(mu, sigma or None), each (N,) float32 on CPU, for N (prompt, completion) pairs. A prompt is chat messages
         or a string (taken as the user turn); a completion is a string or messages (its last message counts)."""
-        from align.trainers.reward_model import _pad_right, reward_input_ids, variance_from_raw
+        from align.trainers.reward_model import pad_right, reward_input_ids, variance_from_raw
 
         sequences = [reward_input_ids(self.tokenizer, p if isinstance(p, list) else [{"role": "user", "content": p}],
                                       completion_text(c)) for p, c in zip(prompts, completions, strict=True)]
@@ -66,7 +66,7 @@ class RewardModelScorer:
         order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))  # less padding per batch
         for start in range(0, len(order), batch_size):
             index = order[start:start + batch_size]
-            ids, mask = _pad_right([sequences[i] for i in index], self.tokenizer.pad_token_id)
+            ids, mask = pad_right([sequences[i] for i in index], self.tokenizer.pad_token_id)
             logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
             heads[torch.tensor(index)] = logits.float().cpu()
         if not self.gaussian:

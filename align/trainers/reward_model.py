@@ -633,8 +633,9 @@ def _presented_as_scalar(model):
         model.config.id2label = id2label
 
 
-def _pad_right(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask), both (B, T), right-padded."""
+def pad_right(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask), both (B, T), right-padded: the layout training, scoring and the CausalRM feature
+    pass all feed the reward model."""
     width = max(len(s) for s in sequences)
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(sequences), width), dtype=torch.long)
@@ -665,7 +666,7 @@ class RewardCollator:
             sequences, fields = [r["chosen_ids"] for r in rows] + [r["rejected_ids"] for r in rows], PAIR_FIELDS
         else:
             sequences, fields = [r["input_ids"] for r in rows], FEEDBACK_FIELDS
-        input_ids, attention_mask = _pad_right(sequences, self.pad_token_id)
+        input_ids, attention_mask = pad_right(sequences, self.pad_token_id)
         batch = {"input_ids": input_ids, "attention_mask": attention_mask}
         batch.update({key: torch.tensor([r[key] for r in rows], dtype=dtype)
                       for key, dtype in fields.items() if key in rows[0]})
@@ -868,12 +869,13 @@ def attach_anchors(train: list[dict], held_out: list[dict], count: int, percenti
             row["anchor_chosen"], row["anchor_rejected"] = ordinal_labels((standard - mean) / std, thresholds).tolist()
         info = {"anchor_thresholds": list(thresholds), "score_mean": mean, "score_std": std}
     else:
-        for split, rows in (("training", train), ("held-out", held_out)):
-            given = np.array([[r["anchor_chosen"], r["anchor_rejected"]] for r in rows]).ravel()
-            if given.size and (given.min() < 0 or given.max() > count):
+        given = {split: np.array([[r["anchor_chosen"], r["anchor_rejected"]] for r in rows]).ravel()
+                 for split, rows in (("training", train), ("held-out", held_out))}
+        for split, values in given.items():
+            if values.size and (values.min() < 0 or values.max() > count):
                 raise ValueError(f"Given anchor labels must lie in 0..{count} for {count} anchor(s); the {split} "
-                                 f"data has values in {given.min()}..{given.max()}. Set algorithm.anchors.count.")
-        labels = np.array([[r["anchor_chosen"], r["anchor_rejected"]] for r in train]).ravel()
+                                 f"data has values in {values.min()}..{values.max()}. Set algorithm.anchors.count.")
+        labels = given["training"]
         shares = [float((labels < k).mean()) for k in range(1, count + 1)]
         if not all(0 < s < 1 for s in shares) or len(set(shares)) < len(shares):
             raise ValueError(f"Every anchor class must occur in the training data (cumulative shares {shares}).")
@@ -909,7 +911,7 @@ def last_token_features(model, sequences: list[list[int]], pad_token_id: int, ba
     order = sorted(range(len(mine)), key=lambda i: len(mine[i]))  # similar lengths together: less padding
     for start in range(0, len(order), batch_size):
         index = torch.tensor(order[start:start + batch_size], device=state.device)
-        ids, mask = (t.to(state.device) for t in _pad_right([mine[i] for i in index.tolist()], pad_token_id))
+        ids, mask = (t.to(state.device) for t in pad_right([mine[i] for i in index.tolist()], pad_token_id))
         states = backbone(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
         positions = torch.arange(ids.shape[1], device=ids.device)
         read = (positions * (ids != pad_token_id)).argmax(-1)
