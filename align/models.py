@@ -3,12 +3,22 @@
 The embedded default (`model.path: embedded:tiny`) is a byte-level Qwen2 tokenizer without merges, a Qwen-style
 chat template, and a randomly initialised 4-layer Qwen2 causal LM (about 0.8M parameters). Both are built
 deterministically from this file in a few seconds and cached under `$ALIGN_CACHE` (default `~/.cache/align`), so
-nothing touches the network. Every other path is handed to `transformers` unchanged: a local directory or a hub name.
+nothing touches the network.
+
+The embedded references (`embedded:tiny-pref:<tilt>`, e.g. `embedded:tiny-pref:2`) are that tiny model after a short
+supervised fine-tune on one-line reviews of the known-truth preference world (`align.data.preferences`), whose words
+are drawn with probability proportional to exp(tilt * quality): tilt > 0 gives a reference that prefers responses of
+higher true mu, tilt = 0 one that knows the format but prefers nothing, tilt < 0 an adversarial one. They are
+references of known, differing quality for multi-reference DPO tests, recipes and benchmarks; each is built
+deterministically on first use (seconds, on CPU) and cached next to `embedded:tiny`.
+
+Every other path is handed to `transformers` unchanged: a local directory or a hub name.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -20,8 +30,14 @@ log = logging.getLogger(__name__)
 
 EMBEDDED_PREFIX = "embedded:"
 TINY = "embedded:tiny"
+TINY_PREF_PREFIX = "embedded:tiny-pref:"
 # Bump when the tiny tokenizer or architecture changes so stale caches are rebuilt, never reused.
 _TINY_VERSION = "v1"
+# Bump the suffix when the tiny-pref data or training recipe changes; a new tiny model rebuilds them too.
+_TINY_PREF_VERSION = f"{_TINY_VERSION}.1"
+# The tiny-pref fine-tune: 1,600 chats, about 13 s on one CPU thread. Fewer steps leave the tilt-0 reference with a
+# visible random preference; see tests/test_tiny_references.py for the preference accuracies this reaches.
+_PREF_STEPS, _PREF_BATCH, _PREF_LR, _PREF_SEED = 100, 16, 3e-3, 0
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -113,15 +129,137 @@ def ensure_tiny(root: Path | None = None) -> Path:
     return target
 
 
+def _canonical_tilt(tilt: float) -> str:
+    """One spelling per tilt value (2, 2.0 and 2e0 -> '2.0'; -0.0 -> '0.0'). Raises ValueError unless finite."""
+    value = float(tilt) + 0.0  # + 0.0 maps -0.0 to 0.0
+    if not math.isfinite(value):
+        raise ValueError(f"tilt must be a finite number, got {tilt!r}.")
+    return repr(value)
+
+
+def _pref_examples(tokenizer, tilt: float, num: int, seed: int) -> list[tuple[list[int], int]]:
+    """`num` (token ids, number of prompt tokens) of chats [user: a random PROMPTS entry, assistant: a
+    `tilted_responses` sentence], rendered by the chat template; the prompt part is the generation-prompt rendering,
+    checked to be a prefix of the full chat so that the tokens after it are exactly the response turn."""
+    import numpy as np
+
+    from align.data.preferences import PROMPTS, tilted_responses
+
+    rng = np.random.default_rng(seed)
+    prompts = [PROMPTS[i] for i in rng.integers(len(PROMPTS), size=num)]
+    examples = []
+    for prompt, response in zip(prompts, tilted_responses(rng, num, tilt)):
+        messages = [{"role": "user", "content": prompt}]
+        head = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                             return_dict=True)["input_ids"]
+        full = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": response}],
+                                             tokenize=True, return_dict=True)["input_ids"]
+        if list(full[:len(head)]) != list(head):
+            raise RuntimeError("The tiny chat template's generation prompt is not a prefix of the full chat.")
+        examples.append((list(full), len(head)))
+    return examples
+
+
+def _pref_batch(examples: list[tuple[list[int], int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded input_ids / attention_mask, and labels that are -100 except on the response tokens."""
+    width = max(len(ids) for ids, _ in examples)
+    input_ids = torch.full((len(examples), width), pad_id)
+    labels = torch.full((len(examples), width), -100)
+    attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, (ids, start) in enumerate(examples):
+        input_ids[row, :len(ids)] = labels[row, :len(ids)] = torch.tensor(ids)
+        labels[row, :start] = -100
+        attention_mask[row, :len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def _finetune_reference(model, tokenizer, tilt: float) -> None:
+    """Plain AdamW SFT of `model` on `_PREF_STEPS` fresh batches of tilted reviews, in place.
+
+    Runs on one CPU thread with a fixed seed, so a tilt gives bit-identical weights whatever the machine's core count
+    (every rank of every node builds the same reference). The thread count is process-wide: it is restored after,
+    and so is the global RNG. All tilts share the seed, so their prompts and Gumbel noise are the same draws and
+    they differ through the tilt only.
+    """
+    examples = _pref_examples(tokenizer, tilt, _PREF_STEPS * _PREF_BATCH, _PREF_SEED)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        with torch.random.fork_rng():
+            torch.manual_seed(_PREF_SEED)
+            optimizer = torch.optim.AdamW(model.parameters(), lr=_PREF_LR)
+            model.train()
+            for step in range(_PREF_STEPS):
+                # Linear decay to 0: the last steps average out batch noise, which would otherwise read as a
+                # (random) preference of the tilt-0 reference.
+                optimizer.param_groups[0]["lr"] = _PREF_LR * (1 - step / _PREF_STEPS)
+                batch = _pref_batch(examples[step * _PREF_BATCH:(step + 1) * _PREF_BATCH], tokenizer.pad_token_id)
+                model(**batch).loss.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            model.eval()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def ensure_tiny_reference(tilt: float, root: Path | None = None) -> Path:
+    """Build the tiny-pref reference of `tilt` once (see the module docstring) and return its directory.
+
+    The directory holds `model.safetensors` and the tiny tokenizer; equal tilts (2, 2.0) share it. Same atomic
+    staging + rename as `ensure_tiny`, so concurrent ranks are safe. Raises ValueError for a non-finite tilt.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    name = _canonical_tilt(tilt)
+    target = (root or cache_dir()) / f"tiny-pref-{_TINY_PREF_VERSION}-tilt{name}"
+    if (target / "model.safetensors").exists():
+        return target
+    log.info("Building the embedded reference %s%s (once, about 15 s) in %s", TINY_PREF_PREFIX, name, target)
+    base = ensure_tiny(root)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, use_safetensors=True)
+    _finetune_reference(model, tokenizer, float(name))
+    staging = Path(tempfile.mkdtemp(prefix=".tiny-pref-", dir=target.parent))
+    tokenizer.save_pretrained(staging)
+    model.save_pretrained(staging, safe_serialization=True)
+    try:
+        staging.rename(target)
+    except OSError:  # another process finished first
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _parse_tilt(path: str) -> float | None:
+    """The finite tilt of an `embedded:tiny-pref:<tilt>` name, or None when `path` is not of that form."""
+    if not path.startswith(TINY_PREF_PREFIX):
+        return None
+    try:
+        tilt = float(path[len(TINY_PREF_PREFIX):])
+    except ValueError:
+        return None
+    return tilt if math.isfinite(tilt) else None
+
+
+def _resolve_embedded(path: str) -> Path:
+    """The directory of an `embedded:*` name, built if needed; ModelLoadError naming the valid forms otherwise."""
+    if path == TINY:
+        return ensure_tiny()
+    tilt = _parse_tilt(path)
+    if tilt is None:
+        raise ModelLoadError(
+            f"Unknown embedded model '{path}'. Embedded models are '{TINY}' and '{TINY_PREF_PREFIX}<float tilt>' "
+            f"(e.g. '{TINY_PREF_PREFIX}2': a reference that prefers good responses; 0: no preference; < 0: bad ones)."
+        )
+    return ensure_tiny_reference(tilt)
+
+
 def resolve_model_path(path: str) -> str:
     """Map `embedded:*` names to their built directory; check that local-looking paths exist.
 
     Hub names (`org/name`) are returned unchanged; whether they resolve is up to the hub (or its offline cache).
     """
     if path.startswith(EMBEDDED_PREFIX):
-        if path != TINY:
-            raise ModelLoadError(f"Unknown embedded model '{path}'. The embedded model is '{TINY}'.")
-        return str(ensure_tiny())
+        return str(_resolve_embedded(path))
     local = Path(path).expanduser()
     if local.exists():
         return str(local)
@@ -186,11 +324,21 @@ def load_tokenizer(path: str, *, revision: str | None = None, trust_remote_code:
 
 
 def load_causal_lm(path: str, *, dtype: str = "auto", revision: str | None = None, trust_remote_code: bool = False,
-                   attn_implementation: str | None = None):
-    """Load a causal LM from safetensors only (pickle checkpoints are refused)."""
+                   attn_implementation: str | None = None, load_in_4bit: bool = False):
+    """Load a causal LM from safetensors only (pickle checkpoints are refused). `load_in_4bit` (QLoRA) quantizes the
+    weights to NF4 with double quantization on this process's GPU, computing in bf16 (fp16 without bf16 support);
+    `align.config.validate` has checked that a GPU and bitsandbytes are there."""
     from transformers import AutoModelForCausalLM
 
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    if load_in_4bit:
+        from transformers import BitsAndBytesConfig
+
+        compute = torch.bfloat16 if bf16_available() else torch.float16
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                           bnb_4bit_use_double_quant=True,
+                                                           bnb_4bit_compute_dtype=compute)
+        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
     return AutoModelForCausalLM.from_pretrained(
         resolve_model_path(path), dtype=resolve_dtype(dtype), revision=revision,
         trust_remote_code=trust_remote_code, use_safetensors=True, **kwargs,

@@ -88,6 +88,21 @@ def random_responses(rng: np.random.Generator, num: int) -> list[str]:
     return [_sentence([WORDS[i] for i in row]) for row in picks]
 
 
+def tilted_responses(rng: np.random.Generator, num: int, tilt: float) -> list[str]:
+    """`num` sentences like `random_responses`, but each word drawn with probability proportional to
+    exp(tilt * quality) among the words not yet drawn, the words kept in the order drawn.
+
+    tilt > 0 favours good words (higher true mu), tilt < 0 bad ones; tilt = 0 is uniform, the same distribution
+    as `random_responses`. Deterministic given the state of `rng`; draws `num * len(WORDS)` uniforms from it.
+    """
+    quality = np.array([VOCABULARY[w][0] for w in WORDS])
+    # Gumbel-top-k: the k largest of log-weight + Gumbel noise are k successive draws without replacement,
+    # in draw order, for a whole batch at once.
+    keys = tilt * quality - np.log(-np.log(rng.random((num, len(WORDS)))))
+    picks = np.argsort(-keys, axis=1, kind="stable")[:, :WORDS_PER_RESPONSE]
+    return [_sentence([WORDS[i] for i in row]) for row in picks]
+
+
 def _truths(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     mu, sigma = zip(*map(response_truth, texts)) if texts else ((), ())
     return np.asarray(mu, dtype=float), np.asarray(sigma, dtype=float)
