@@ -26,6 +26,9 @@ SAGE_TRIGGERS = ("no_success", "zero_variance")
 SAGE_LIGHT_RULES = ("paper", "bidirectional")
 FGRPO_DIVERGENCES = ("kl", "reverse_kl", "pearson", "hellinger", "js", "tv")
 REWARD_MODEL_OBJECTIVES = ("bradley_terry", "gaussian_anchor", "causal_rm")
+MULTIREF_LOSSES = ("mrpo", "mdpo")
+MULTIREF_WEIGHTINGS = ("uniform", "arwc", "vdw", "vaw", "swcw", "swcw_onehot", "tsw")
+MULTIREF_NEEDS_VALIDATION = ("vdw", "vaw", "tsw")
 
 
 class ConfigError(ValueError):
@@ -44,12 +47,13 @@ class LoraConfig:
 
 @dataclass
 class ModelConfig:
-    path: str = "embedded:tiny"  # local dir, hub name, or embedded:tiny
+    path: str = "embedded:tiny"  # local dir, hub name, embedded:tiny or embedded:tiny-pref:<tilt>
     revision: Optional[str] = None
     dtype: str = "auto"  # auto = bf16 on a bf16-capable GPU, else fp32
     trust_remote_code: bool = False
     chat_template: Optional[str] = None  # Jinja template overriding the tokenizer's own
     attn_implementation: Optional[str] = None
+    load_in_4bit: bool = False  # QLoRA: 4-bit NF4 base weights under a LoRA adapter (a CUDA GPU + bitsandbytes)
     lora: LoraConfig = field(default_factory=LoraConfig)
 
 
@@ -289,6 +293,41 @@ class RewardModelAlgorithmConfig:
 
 
 @dataclass
+class ReferenceModelConfig:
+    """One reference model of multi-reference DPO; it scores with its own tokenizer and chat template."""
+
+    path: str = MISSING  # local dir, hub name, or embedded:*
+    revision: Optional[str] = None
+    dtype: str = "auto"
+    trust_remote_code: bool = False
+    chat_template: Optional[str] = None  # Jinja template overriding the tokenizer's own
+    name: Optional[str] = None  # label in metrics (weights/<name>); default: the last part of the path
+
+
+@dataclass
+class MultiRefDPOAlgorithmConfig:
+    """DPO against K reference models at once: MRPO or MDPO with a reference-weighting strategy
+    (docs/multiref_dpo.md). Reference log-probs are computed once per reference and cached on disk."""
+
+    name: str = "multiref_dpo"
+    # Each entry a model path / hub name, or a mapping with the fields of ReferenceModelConfig.
+    references: List[Any] = field(default_factory=list)
+    loss: str = "mdpo"  # mrpo (one virtual reference) | mdpo (a weighted sum of DPO losses)
+    weighting: str = "vaw"  # uniform | arwc | vdw | vaw | swcw | swcw_onehot | tsw
+    beta: float = 0.1
+    length_normalize: bool = True  # sequence log-probs as per-token means (False: sums)
+    validation_size: int = 1000  # pairs carved from the training data for vdw / vaw / tsw (never the eval data)
+    window: int = 1  # swcw: batches in the sliding window
+    prior: float = 5.0  # tsw: Beta(prior, prior) per arm at the start
+    bandit_pairs: int = 125  # tsw: validation pairs scored before and after each step (resampled every step)
+    precompute_batch_size: int = 8  # sequences per reference forward while filling the cache
+    cache_dir: Optional[str] = None  # default: $ALIGN_CACHE/reference_logps
+    eval_steps: int = 0  # held-out preference accuracy every this many steps (0: before and after training only)
+    data: RewardDataConfig = field(default_factory=RewardDataConfig)  # preference pairs; soft labels are ignored
+    trl: Dict[str, Any] = field(default_factory=dict)  # further DPOConfig fields, passed through as given
+
+
+@dataclass
 class SFTAlgorithmConfig:
     name: str = "sft"
     completion_column: str = "solution"
@@ -366,7 +405,7 @@ class AlignConfig:
 
 ALGORITHMS = {"grpo": GRPOAlgorithmConfig, "sage": SAGEAlgorithmConfig, "fgrpo": FGRPOAlgorithmConfig,
               "fhal": FHALAlgorithmConfig, "sft": SFTAlgorithmConfig,
-              "reward_model": RewardModelAlgorithmConfig}
+              "reward_model": RewardModelAlgorithmConfig, "multiref_dpo": MultiRefDPOAlgorithmConfig}
 
 
 def register_configs() -> None:
@@ -383,6 +422,19 @@ def register_configs() -> None:
 def world_size() -> int:
     """Processes in this launch, read from the launcher's environment (no process group is needed)."""
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def quantization_problem() -> str | None:
+    """Why 4-bit loading cannot work in this environment, or None when it can."""
+    import importlib.util
+
+    import torch
+
+    if not torch.cuda.is_available():
+        return "4-bit loading (bitsandbytes) needs a CUDA GPU, and none is available."
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return "bitsandbytes is not installed; pip install bitsandbytes."
+    return None
 
 
 def _one_of(key: str, value: Any, allowed: tuple) -> None:
@@ -423,6 +475,13 @@ def validate(cfg: AlignConfig, processes: int | None = None) -> None:
                           f"Set model.dtype=auto (or float32).")
     if cfg.model.lora.r < 0:
         raise ConfigError(f"model.lora.r must be >= 0 (0 = full fine-tuning), got {cfg.model.lora.r}.")
+    if cfg.model.load_in_4bit:
+        if not cfg.model.lora.r:
+            raise ConfigError("model.load_in_4bit quantizes the base weights, which then cannot be trained; train a "
+                              "LoRA adapter on top (QLoRA): set model.lora.r > 0, e.g. model.lora.r=32.")
+        problem = quantization_problem()
+        if problem:
+            raise ConfigError(f"model.load_in_4bit: {problem} Set model.load_in_4bit=false to train in full precision.")
     if cfg.eval.every_steps < 0 or (cfg.eval.every_steps and cfg.eval.every_steps % t.logging_steps):
         raise ConfigError(f"eval.every_steps {cfg.eval.every_steps} must be 0 or a multiple of trainer.logging_steps "
                           f"{t.logging_steps}, so held-out accuracy is logged on the step it was measured.")
@@ -435,15 +494,18 @@ def validate(cfg: AlignConfig, processes: int | None = None) -> None:
         _validate_grpo(cfg, algo, processes)
     if isinstance(algo, RewardModelAlgorithmConfig):
         _validate_reward_model(cfg, algo)
+    if isinstance(algo, MultiRefDPOAlgorithmConfig):
+        _validate_multiref(cfg, algo)
     _validate_passthrough(cfg)
 
 
 def _validate_passthrough(cfg: AlignConfig) -> None:
     """`trainer.trl` / `algorithm.trl` must name real fields of the TRL config, and none that align sets itself."""
-    from trl import GRPOConfig, RewardConfig, SFTConfig
+    from trl import DPOConfig, GRPOConfig, RewardConfig, SFTConfig
 
     trl_class = GRPOConfig if isinstance(cfg.algorithm, GRPOAlgorithmConfig) else \
-        RewardConfig if isinstance(cfg.algorithm, RewardModelAlgorithmConfig) else SFTConfig
+        RewardConfig if isinstance(cfg.algorithm, RewardModelAlgorithmConfig) else \
+        DPOConfig if isinstance(cfg.algorithm, MultiRefDPOAlgorithmConfig) else SFTConfig
     known = {f.name for f in dataclasses.fields(trl_class)}
     for key, node in (("trainer.trl", cfg.trainer), ("algorithm.trl", cfg.algorithm)):
         owned = {f.name for f in dataclasses.fields(node)} - {"trl", "name"}
@@ -616,3 +678,57 @@ def _validate_reward_model(cfg: AlignConfig, algo: RewardModelAlgorithmConfig) -
         if causal.doubly_robust and not causal.propensity_weighting:
             raise ConfigError("algorithm.causal.doubly_robust corrects the imputation with inverse propensity "
                               "weights; it needs propensity_weighting=true.")
+
+
+def reference_models(algo: MultiRefDPOAlgorithmConfig) -> list[ReferenceModelConfig]:
+    """`algorithm.references` as ReferenceModelConfig objects with distinct names; raises ConfigError naming the
+    bad entry."""
+    known = {f.name for f in dataclasses.fields(ReferenceModelConfig)}
+    references = []
+    for i, entry in enumerate(algo.references):
+        if isinstance(entry, ReferenceModelConfig):
+            reference = entry
+        elif isinstance(entry, str) and entry.strip():
+            reference = ReferenceModelConfig(path=entry)
+        elif isinstance(entry, dict) and isinstance(entry.get("path"), str) and entry["path"].strip():
+            unknown = set(entry) - known
+            if unknown:
+                raise ConfigError(f"algorithm.references[{i}] has unknown key(s) {', '.join(sorted(unknown))}; "
+                                  f"known: {', '.join(sorted(known))}.")
+            reference = ReferenceModelConfig(**entry)
+        else:
+            raise ConfigError(f"algorithm.references[{i}] is {entry!r}; give a model path / hub name, or a mapping "
+                              f"with at least `path`.")
+        references.append(reference)
+    names = [r.name or r.path.rstrip("/").split("/")[-1].removeprefix("embedded:") for r in references]
+    # The same model twice, or two checkpoints with the same folder name: prefix the index to tell them apart.
+    names = [f"{i}_{name}" if names.count(name) > 1 else name for i, name in enumerate(names)]
+    return [dataclasses.replace(r, name=n) for r, n in zip(references, names)]
+
+
+def _validate_multiref(cfg: AlignConfig, algo: MultiRefDPOAlgorithmConfig) -> None:
+    if not algo.references:
+        raise ConfigError("algorithm.references is empty; list at least one reference model (path or hub name), "
+                          "e.g. algorithm.references=[Qwen/Qwen2.5-0.5B-Instruct].")
+    reference_models(algo)
+    _one_of("algorithm.loss", algo.loss, MULTIREF_LOSSES)
+    _one_of("algorithm.weighting", algo.weighting, MULTIREF_WEIGHTINGS)
+    if algo.beta <= 0:
+        raise ConfigError(f"algorithm.beta must be > 0, got {algo.beta}.")
+    for key in ("window", "bandit_pairs", "precompute_batch_size"):
+        _positive(f"algorithm.{key}", getattr(algo, key))
+    if algo.prior <= 0:
+        raise ConfigError(f"algorithm.prior (tsw's Beta prior) must be > 0, got {algo.prior}.")
+    if algo.validation_size < 0 or algo.eval_steps < 0:
+        raise ConfigError("algorithm.validation_size and algorithm.eval_steps must be >= 0.")
+    if algo.weighting in MULTIREF_NEEDS_VALIDATION and not algo.validation_size:
+        raise ConfigError(f"weighting '{algo.weighting}' is computed on validation pairs carved from the training "
+                          f"data, but algorithm.validation_size is 0; set it (the papers use 1000) or pick uniform, "
+                          f"arwc, swcw or swcw_onehot.")
+    if algo.weighting == "tsw" and algo.bandit_pairs > algo.validation_size:
+        raise ConfigError(f"algorithm.bandit_pairs {algo.bandit_pairs} exceeds algorithm.validation_size "
+                          f"{algo.validation_size}: tsw samples its per-step subset from the validation pairs.")
+    _positive("algorithm.data.max_length", algo.data.max_length)
+    if cfg.warm_start.max_steps:
+        raise ConfigError("warm_start is not supported with multiref_dpo; set warm_start.max_steps=0 and start from "
+                          "an SFT checkpoint instead.")

@@ -30,6 +30,7 @@ from align.config import (
     FGRPOAlgorithmConfig,
     FHALAlgorithmConfig,
     GRPOAlgorithmConfig,
+    MultiRefDPOAlgorithmConfig,
     RewardModelAlgorithmConfig,
     SAGEAlgorithmConfig,
     SFTAlgorithmConfig,
@@ -258,6 +259,8 @@ def run(cfg: DictConfig) -> dict:
     resolve_model_path(config.model.path)  # a missing local path fails here, before anything is loaded
     if isinstance(config.algorithm, RewardModelAlgorithmConfig):
         return _run_reward_model(config, cfg)
+    if isinstance(config.algorithm, MultiRefDPOAlgorithmConfig):
+        return _run_multiref_dpo(config, cfg)
 
     train_dataset, held_out = load_splits(config.data, required=_required_columns(config))
     if isinstance(config.algorithm, SAGEAlgorithmConfig):
@@ -287,7 +290,8 @@ def run(cfg: DictConfig) -> dict:
         model_path = _warm_start(config, model_path, tokenizer, train_dataset, run_dir, run_name)
     model = load_causal_lm(model_path, dtype=config.model.dtype, revision=config.model.revision,
                            trust_remote_code=config.model.trust_remote_code,
-                           attn_implementation=config.model.attn_implementation)
+                           attn_implementation=config.model.attn_implementation,
+                           load_in_4bit=config.model.load_in_4bit)
 
     common = training_arguments(config, run_dir, report_to, run_name)
     algo = config.algorithm
@@ -379,6 +383,93 @@ def _run_reward_model(config: AlignConfig, cfg: DictConfig) -> dict:
             if key in after:
                 print(f"[align] held-out {key[5:]}: {before[key]:.4f} -> {after[key]:.4f}", flush=True)
         print(f"[align] final reward model: {summary['final_model']}\n[align] plot: {plot}", flush=True)
+    finish_tracking(config.logger, state.is_main_process)
+    state.wait_for_everyone()
+    return summary
+
+
+def _precompute_references(references, splits: dict[str, list[dict]], algo, announce: bool) -> dict[str, list]:
+    """Split name -> one ReferenceLogps per reference: every reference scores every split, one reference loaded at
+    a time (a cache hit loads none)."""
+    from align.models import cache_dir
+    from align.reference_logps import reference_logps
+
+    directory = Path(algo.cache_dir).expanduser() if algo.cache_dir else cache_dir() / "reference_logps"
+    scored = {name: [] for name in splits}
+    for k, reference in enumerate(references, 1):
+        for name, rows in splits.items():
+            result = reference_logps(reference, rows, normalize=algo.length_normalize,
+                                     batch_size=algo.precompute_batch_size, cache_dir=directory, split=name)
+            scored[name].append(result)
+            if announce:
+                how = "cache hit" if result.cache_hit else f"computed in {result.seconds:.1f} s"
+                print(f"[align] reference {k}/{len(references)} {reference.name} ({name}, {len(rows)} pairs): {how} "
+                      f"-> {result.cache_file}", flush=True)
+    return scored
+
+
+def _run_multiref_dpo(config: AlignConfig, cfg: DictConfig) -> dict:
+    """Multi-reference DPO: pairs -> policy tokenizer (long pairs dropped) -> validation carved from training ->
+    run dir -> every reference's log-probs (cached) -> policy -> held-out preference accuracy before -> train ->
+    after -> save."""
+    from align.config import reference_models
+    from align.data import DataError
+    from align.data.preferences import load_reward_data
+    from align.models import load_causal_lm, load_tokenizer
+    from align.plotting import plot_training_curves
+    from align.tracking import finish_tracking
+    from align.trainers.common import training_arguments
+    from align.trainers.multiref_dpo import build_multiref_dpo_trainer, carve_validation, pairs_dataset, tokenize_pairs
+
+    algo = config.algorithm
+    references = reference_models(algo)
+    train_rows, held_out_rows, _ = load_reward_data(algo.data, "bradley_terry")
+    tokenizer = load_tokenizer(config.model.path, revision=config.model.revision,
+                               trust_remote_code=config.model.trust_remote_code,
+                               chat_template=config.model.chat_template)
+    train_rows, train_ids, dropped = tokenize_pairs(tokenizer, train_rows, algo.data.max_length)
+    held_out_rows, held_out_ids, dropped_held_out = tokenize_pairs(tokenizer, held_out_rows or [],
+                                                                   algo.data.max_length)
+    try:
+        train_idx, val_idx = carve_validation(len(train_rows), algo.validation_size)
+    except ValueError as err:
+        raise DataError(f"{err} ({dropped} pairs longer than algorithm.data.max_length {algo.data.max_length} were "
+                        f"dropped)") from None
+    splits = {"train": [train_rows[i] for i in train_idx]}
+    if val_idx:
+        splits["validation"] = [train_rows[i] for i in val_idx]
+    detail = (f"; {len(train_idx)} training pairs, {len(val_idx)} validation, {len(held_out_ids)} held out; "
+              f"{len(references)} references")
+    if dropped or dropped_held_out:
+        detail += f"; {dropped + dropped_held_out} pairs over {algo.data.max_length} tokens dropped"
+    state, run_dir, run_name, report_to = _open_run(config, cfg, detail)
+
+    scored = _precompute_references(references, splits, algo, state.is_main_process)
+    train_dataset = pairs_dataset([train_ids[i] for i in train_idx], scored["train"])
+    validation = pairs_dataset([train_ids[i] for i in val_idx], scored["validation"]) if val_idx else None
+    held_out = pairs_dataset(held_out_ids) if held_out_ids else None
+
+    model = load_causal_lm(config.model.path, dtype=config.model.dtype, revision=config.model.revision,
+                           trust_remote_code=config.model.trust_remote_code,
+                           attn_implementation=config.model.attn_implementation,
+                           load_in_4bit=config.model.load_in_4bit)
+    common = training_arguments(config, run_dir, report_to, run_name)
+    trainer = build_multiref_dpo_trainer(model, tokenizer, train_dataset, algo, [r.name for r in references],
+                                         common, validation=validation, eval_dataset=held_out,
+                                         peft_config=_peft_config(config))
+    trainer.train()
+    after = trainer.evaluate() if held_out is not None else {}
+    before = next((entry for entry in trainer.state.log_history if "eval_preference_accuracy" in entry), {})
+    _save_final(trainer, tokenizer, run_dir / "final")
+    summary = {"run_dir": str(run_dir), "final_model": str(run_dir / "final"),
+               "eval_before": before, "eval_after": after}
+    if state.is_main_process:
+        plot = plot_training_curves(trainer.state.log_history, [], run_dir / "curves.png", title=run_name)
+        summary["plot"] = str(plot)
+        if after:
+            print(f"[align] held-out preference accuracy: {before['eval_preference_accuracy']:.3f} -> "
+                  f"{after['eval_preference_accuracy']:.3f}", flush=True)
+        print(f"[align] final model: {summary['final_model']}\n[align] plot: {plot}", flush=True)
     finish_tracking(config.logger, state.is_main_process)
     state.wait_for_everyone()
     return summary

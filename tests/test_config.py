@@ -136,3 +136,52 @@ def test_hint_demonstrations_need_sage():
 def test_bad_fgrpo_values_name_their_key(algorithm, override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         validate(typed([f"algorithm={algorithm}", override]), processes=1)
+
+
+MULTIREF = ["recipe=multiref-dpo-prefs-tiny"]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("algorithm.references=[]", "algorithm.references is empty"),
+    ("algorithm.loss=ipo", "algorithm.loss is 'ipo'"),
+    ("algorithm.weighting=best", "algorithm.weighting is 'best'"),
+    ("algorithm.beta=0", "algorithm.beta must be > 0"),
+    ("algorithm.window=0", "algorithm.window must be >= 1"),
+    ("algorithm.prior=0", "algorithm.prior"),
+    ("algorithm.validation_size=0", "weighting 'vaw' is computed on validation pairs"),
+    ("algorithm.bandit_pairs=500", None),  # fine for vaw, which does not sample subsets
+    ("'algorithm.references=[{path: embedded:tiny, revison: main}]'", "unknown key(s) revison"),
+    ("'algorithm.references=[{name: x}]'", "algorithm.references[0]"),
+    ("warm_start.max_steps=5", "warm_start is not supported with multiref_dpo"),
+    ("+algorithm.trl.bogus=1", "not a field of TRL.s DPOConfig"),
+])
+def test_bad_multiref_values_name_their_key(override, message):
+    config = typed([*MULTIREF, override.strip("'")])
+    if message is None:
+        validate(config, processes=1)
+        return
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        validate(config, processes=1)
+
+
+def test_tsw_subset_must_fit_in_the_validation_split():
+    with pytest.raises(ConfigError, match="bandit_pairs 500 exceeds algorithm.validation_size 200"):
+        validate(typed([*MULTIREF, "algorithm.weighting=tsw", "algorithm.bandit_pairs=500"]), processes=1)
+
+
+def test_reference_entries_become_named_configs():
+    from align.config import reference_models
+
+    config = typed([*MULTIREF, "algorithm.references=[embedded:tiny-pref:2,{path: /m/a/ckpt, name: mine},"
+                               "/m/b/ckpt,/m/c/ckpt]"])
+    names = [r.name for r in reference_models(config.algorithm)]
+    assert names == ["tiny-pref:2", "mine", "2_ckpt", "3_ckpt"]
+
+
+def test_qlora_needs_lora_and_a_gpu(monkeypatch):
+    with pytest.raises(ConfigError, match="set model.lora.r > 0"):
+        validate(typed([*MULTIREF, "model.load_in_4bit=true"]), processes=1)
+    with pytest.raises(ConfigError, match="needs a CUDA GPU"):
+        validate(typed([*MULTIREF, "model.load_in_4bit=true", "model.lora.r=8"]), processes=1)
+    monkeypatch.setattr("align.config.quantization_problem", lambda: None)
+    validate(typed([*MULTIREF, "model.load_in_4bit=true", "model.lora.r=8"]), processes=1)

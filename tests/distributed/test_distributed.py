@@ -141,3 +141,28 @@ def test_grpo_scored_by_a_reward_model_zero3_two_processes(gaussian_reward_model
     history = json.loads((run_dir / "trainer_state.json").read_text())["log_history"]
     assert [e["step"] for e in history if "rewards/reward_model/mean" in e] == [1, 2]
     assert (run_dir / "final" / "model.safetensors").exists()
+
+
+def test_multiref_dpo_tsw_zero3_two_processes(tmp_path):
+    """Both ranks precompute their share of every reference's log-probs, then train with one bandit: the ranks
+    compare the bandit's state after every step (a mismatch fails the run), an odd validation subset exercises the
+    padded sharding, and the checkpoint holds the state of the logged steps."""
+    from align.models import resolve_model_path
+
+    for tilt in ("0", "2", "0.5", "-1"):  # built once here rather than by both ranks at once
+        resolve_model_path(f"embedded:tiny-pref:{tilt}")
+    run_dir = tmp_path / "run"
+    result = launch("cpu_zero3.yaml", ["-m", "align.train", "recipe=multiref-dpo-prefs-tiny",
+                                       "algorithm.weighting=tsw", "algorithm.loss=mrpo", "algorithm.bandit_pairs=9",
+                                       "algorithm.validation_size=40", "algorithm.data.synthetic.num_train=160",
+                                       "algorithm.data.synthetic.num_eval=40", f"trainer.output_dir={run_dir}",
+                                       "trainer.max_steps=3", "trainer.logging_steps=1", "trainer.save_steps=2",
+                                       "trainer.per_device_train_batch_size=4"])
+    assert result.stdout.count("[align] held-out preference accuracy") == 1
+    assert result.stdout.count("(train, 120 pairs): computed") == 3
+    history = json.loads((run_dir / "trainer_state.json").read_text())["log_history"]
+    arms = [int(e["arm"]) for e in history if "arm" in e]
+    assert len(arms) == 3 and all(0 <= arm < 3 for arm in arms)
+    state = json.loads((run_dir / "checkpoint-2" / "multiref_state.json").read_text())
+    assert [arm for arm, _ in state["weighting"]["history"]] == arms[:2]
+    assert (run_dir / "final" / "model.safetensors").exists()

@@ -1,0 +1,262 @@
+"""Reference log-probs for multi-reference DPO, computed once and cached on disk.
+
+Each reference scores every pair with its *own* tokenizer and chat template, one reference in memory at a time,
+in length-sorted batches, with the rows sharded over the launch's processes. The result lands in
+`<cache_dir>/<key>.safetensors` (tensors `chosen` and `rejected`, float64, one entry per pair) where `key` is a
+fingerprint of
+
+  the model       a local directory: its config/tokenizer files' contents and its weight files' names, sizes and
+                  modification times (a copied model is a miss, never a wrong hit); a hub name: its commit,
+  the token ids   exactly what the reference reads, so the tokenizer, chat template and data are all in it,
+  the precision   the dtype the reference computes in,
+  normalisation   length-normalised or summed log-probs,
+
+so a later run with the same reference and data reads the file instead of loading the model, and any change to
+one of the parts is a miss. Files are written atomically; a crash leaves no partial entry.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger("align")
+
+CACHE_FORMAT = "v1"  # bump when scoring changes, so older entries are never read
+_CONTENT_HASHED = {".json", ".jinja", ".model", ".txt", ".tiktoken"}  # small files: hash their bytes
+
+
+@dataclass
+class ReferenceLogps:
+    """One reference's log-probs of a split's pairs: (N,) chosen and rejected, and where they came from."""
+
+    chosen: torch.Tensor
+    rejected: torch.Tensor
+    cache_file: Path
+    cache_hit: bool
+    seconds: float
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Tokenization
+
+
+def _common_prefix_length(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def pair_token_ids(tokenizer, prompt: list[dict], chosen: str, rejected: str) -> dict[str, list[int]]:
+    """The ids one model reads for a pair: `prompt_ids` (the chat template over the prompt messages with the
+    generation prompt) and `chosen_ids` / `rejected_ids` (the rest of the rendering with the response as the
+    assistant turn, end-of-turn tokens included). Where a template renders the prompt differently once a response
+    follows, the response starts where the two renderings diverge. The policy and every reference go through
+    this, each with its own tokenizer."""
+    from align.trainers.reward_model import FIXED_DATE
+
+    def render(messages: list[dict], **kwargs) -> list[int]:
+        return tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, date_string=FIXED_DATE,
+                                             **kwargs)["input_ids"]
+
+    prompt_ids = render(prompt, add_generation_prompt=True)
+    full = {name: render([*prompt, {"role": "assistant", "content": text}])
+            for name, text in (("chosen", chosen), ("rejected", rejected))}
+    start = min(_common_prefix_length(prompt_ids, ids) for ids in full.values())
+    return {"prompt_ids": prompt_ids[:start], "chosen_ids": full["chosen"][start:],
+            "rejected_ids": full["rejected"][start:]}
+
+
+def pair_length(ids: dict[str, list[int]]) -> int:
+    """Tokens of the longer of the pair's two sequences (prompt + response)."""
+    return len(ids["prompt_ids"]) + max(len(ids["chosen_ids"]), len(ids["rejected_ids"]))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Fingerprints
+
+
+def model_fingerprint(path: str, revision: str | None = None) -> str:
+    """A string that changes whenever the weights `path` names may have changed (see the module docstring).
+
+    Raises ModelLoadError when a hub name can be resolved neither from the local hub cache nor online."""
+    from align.models import ModelLoadError, resolve_model_path
+
+    local = Path(resolve_model_path(path))
+    if local.is_dir():
+        entries = []
+        for file in sorted(p for p in local.rglob("*") if p.is_file()):
+            stat, relative = file.stat(), str(file.relative_to(local))
+            if file.suffix in _CONTENT_HASHED:
+                entries.append([relative, hashlib.sha256(file.read_bytes()).hexdigest()])
+            else:
+                entries.append([relative, stat.st_size, stat.st_mtime_ns])
+        return "local:" + hashlib.sha256(json.dumps([str(local.resolve()), entries]).encode()).hexdigest()
+    try:
+        from huggingface_hub import snapshot_download
+
+        snapshot = snapshot_download(path, revision=revision, local_files_only=True,
+                                     allow_patterns=["*.json"])  # resolves the cached commit, downloads nothing
+        return f"hub:{path}@{Path(snapshot).name}"
+    except Exception:  # noqa: BLE001 - not in the local hub cache: ask the hub
+        try:
+            from huggingface_hub import HfApi
+
+            return f"hub:{path}@{HfApi().model_info(path, revision=revision).sha}"
+        except Exception as err:  # noqa: BLE001
+            raise ModelLoadError(f"Cannot resolve reference '{path}' (revision {revision or 'main'}): it is not a "
+                                 f"local directory, not in the local hub cache, and the hub could not be reached "
+                                 f"({err.__class__.__name__}). Check the name, or download it first.") from err
+
+
+def cache_key(model_id: str, pairs: list[dict[str, list[int]]], normalize: bool) -> str:
+    h = hashlib.sha256(json.dumps([CACHE_FORMAT, model_id, normalize]).encode())
+    for ids in pairs:
+        h.update(json.dumps([ids["prompt_ids"], ids["chosen_ids"], ids["rejected_ids"]]).encode())
+    return h.hexdigest()[:32]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Scoring
+
+
+@torch.no_grad()
+def score_sequences(model, sequences: list[tuple[list[int], list[int]]], *, batch_size: int, normalize: bool,
+                    pad_token_id: int, device: torch.device) -> torch.Tensor:
+    """(context ids, response ids) per sequence -> (N,) float64 log-probs of the responses (length-normalised when
+    `normalize`). Batches are formed over length-sorted sequences to keep padding small. `model` must carry TRL's
+    fused LM head (`trl.trainer.utils.add_fused_lm_head`), so no (batch, length, vocab) logits are built."""
+    from align.trainers.multiref_dpo import sequence_logps
+
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i][0]) + len(sequences[i][1]))
+    out = torch.empty(len(sequences), dtype=torch.float64)
+    for start in range(0, len(order), batch_size):
+        batch = [sequences[i] for i in order[start:start + batch_size]]
+        width = max(len(c) + len(r) for c, r in batch)
+        input_ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
+        attention = torch.zeros((len(batch), width), dtype=torch.long)
+        response = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, (context, answer) in enumerate(batch):
+            n, m = len(context), len(answer)
+            input_ids[row, :n + m] = torch.tensor(context + answer)
+            attention[row, :n + m] = 1
+            response[row, n:n + m] = 1
+        input_ids, attention, response = input_ids.to(device), attention.to(device), response.to(device)
+        labels = input_ids.masked_fill(response == 0, -100)
+        per_token = model(input_ids=input_ids, attention_mask=attention, labels=labels, use_cache=False,
+                          fused_lm_head=True).log_probs
+        shifted = response[:, 1:]
+        logps = sequence_logps(per_token[:, -shifted.shape[1]:].double(), shifted.double(), normalize)
+        out[torch.tensor(order[start:start + batch_size])] = logps.cpu()
+    return out
+
+
+def _distributed() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _all_true(flag: bool) -> bool:
+    """Whether `flag` holds on every process (a single process: itself)."""
+    import torch.distributed as dist
+
+    rank, world = _distributed()
+    if world == 1:
+        return flag
+    gathered = [None] * world
+    dist.all_gather_object(gathered, flag)
+    return all(gathered)
+
+
+def _local_device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def _write_atomic(path: Path, chosen: torch.Tensor, rejected: torch.Tensor, metadata: dict[str, str]) -> None:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_file({"chosen": chosen.contiguous(), "rejected": rejected.contiguous()}, str(staging), metadata=metadata)
+    os.replace(staging, path)
+
+
+def _read(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(path))
+    return tensors["chosen"], tensors["rejected"]
+
+
+def reference_logps(reference, rows: list[dict], *, normalize: bool, batch_size: int, cache_dir: Path,
+                    split: str = "train") -> ReferenceLogps:
+    """Log-probs of `rows` (prompt messages, chosen, rejected) under `reference` (a ReferenceModelConfig), from the
+    cache or computed now. Collective under a distributed launch: every process must call it with the same rows;
+    each scores its share, every process gets the full result, and the local main process of each node writes the
+    cache entry (so nodes without a shared cache directory each keep a copy)."""
+    import torch.distributed as dist
+    from trl.trainer.utils import add_fused_lm_head
+
+    from align.models import bf16_available, load_causal_lm, load_tokenizer, resolve_dtype
+    from align.rewards.reward_model import _outside_zero3_init
+
+    started = time.perf_counter()
+    tokenizer = load_tokenizer(reference.path, revision=reference.revision,
+                               trust_remote_code=reference.trust_remote_code, chat_template=reference.chat_template)
+    pairs = [pair_token_ids(tokenizer, row["prompt"], row["chosen"], row["rejected"]) for row in rows]
+    # Inference only: bf16 wherever the GPU supports it (training's "auto" keeps fp32 master weights under DDP).
+    # The precision changes the numbers, so it is part of the model's identity.
+    dtype = "bfloat16" if reference.dtype == "auto" and bf16_available() else reference.dtype
+    model_id = f"{model_fingerprint(reference.path, reference.revision)}|{resolve_dtype(dtype)}"
+    path = Path(cache_dir) / f"{cache_key(model_id, pairs, normalize)}.safetensors"
+    if _all_true(path.is_file()):
+        chosen, rejected = _read(path)
+        return ReferenceLogps(chosen, rejected, path, True, time.perf_counter() - started)
+
+    rank, world = _distributed()
+    mine = list(range(rank, len(pairs), world))
+    sequences = [(pairs[i]["prompt_ids"], pairs[i][side]) for i in mine for side in ("chosen_ids", "rejected_ids")]
+    device = _local_device()
+    with _outside_zero3_init():
+        model = load_causal_lm(reference.path, dtype=dtype, revision=reference.revision,
+                               trust_remote_code=reference.trust_remote_code)
+    model.to(device).eval()
+    add_fused_lm_head(model)
+    scores = score_sequences(model, sequences, batch_size=batch_size, normalize=normalize,
+                             pad_token_id=tokenizer.pad_token_id, device=device)
+    del model
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+    shards = [(mine, scores)]
+    if world > 1:
+        shards = [None] * world
+        dist.all_gather_object(shards, (mine, scores))
+    chosen = torch.empty(len(pairs), dtype=torch.float64)
+    rejected = torch.empty(len(pairs), dtype=torch.float64)
+    for indices, values in shards:
+        chosen[indices], rejected[indices] = values[0::2], values[1::2]
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        _write_atomic(path, chosen, rejected, {"model": reference.path, "model_id": model_id, "split": split,
+                                               "normalize": str(normalize), "pairs": str(len(pairs)),
+                                               "format": CACHE_FORMAT})
+    if world > 1:
+        dist.barrier()
+    return ReferenceLogps(chosen, rejected, path, False, time.perf_counter() - started)
