@@ -316,7 +316,9 @@ class MultiRefDPOAlgorithmConfig:
     weighting: str = "vaw"  # uniform | arwc | vdw | vaw | swcw | swcw_onehot | tsw
     beta: float = 0.1
     length_normalize: bool = True  # sequence log-probs as per-token means (False: sums)
-    validation_size: int = 1000  # pairs carved from the training data for vdw / vaw / tsw (never the eval data)
+    # Pairs carved from the training data (never the eval data), whatever the weighting, so every strategy trains on
+    # the same pairs; vdw / vaw / tsw read them.
+    validation_size: int = 1000
     window: int = 1  # swcw: batches in the sliding window
     prior: float = 5.0  # tsw: Beta(prior, prior) per arm at the start
     bandit_pairs: int = 125  # tsw: validation pairs scored before and after each step (resampled every step)

@@ -391,10 +391,14 @@ def _run_reward_model(config: AlignConfig, cfg: DictConfig) -> dict:
 def _precompute_references(references, splits: dict[str, list[dict]], algo, announce: bool) -> dict[str, list]:
     """Split name -> one ReferenceLogps per reference: every reference scores every split, one reference loaded at
     a time (a cache hit loads none)."""
-    from align.models import cache_dir
-    from align.reference_logps import reference_logps
+    from align.models import cache_dir, load_tokenizer
+    from align.reference_logps import model_fingerprint, reference_logps
 
     directory = Path(algo.cache_dir).expanduser() if algo.cache_dir else cache_dir() / "reference_logps"
+    for reference in references:  # a bad name, a missing chat template: fail before any reference is scored
+        load_tokenizer(reference.path, revision=reference.revision, trust_remote_code=reference.trust_remote_code,
+                       chat_template=reference.chat_template)
+        model_fingerprint(reference.path, reference.revision)
     scored = {name: [] for name in splits}
     for k, reference in enumerate(references, 1):
         for name, rows in splits.items():
@@ -412,7 +416,7 @@ def _run_multiref_dpo(config: AlignConfig, cfg: DictConfig) -> dict:
     """Multi-reference DPO: pairs -> policy tokenizer (long pairs dropped) -> validation carved from training ->
     run dir -> every reference's log-probs (cached) -> policy -> held-out preference accuracy before -> train ->
     after -> save."""
-    from align.config import reference_models
+    from align.config import MULTIREF_NEEDS_VALIDATION, reference_models
     from align.data import DataError
     from align.data.preferences import load_reward_data
     from align.models import load_causal_lm, load_tokenizer
@@ -436,7 +440,7 @@ def _run_multiref_dpo(config: AlignConfig, cfg: DictConfig) -> dict:
         raise DataError(f"{err} ({dropped} pairs longer than algorithm.data.max_length {algo.data.max_length} were "
                         f"dropped)") from None
     splits = {"train": [train_rows[i] for i in train_idx]}
-    if val_idx:
+    if val_idx and algo.weighting in MULTIREF_NEEDS_VALIDATION:  # the others never read validation margins
         splits["validation"] = [train_rows[i] for i in val_idx]
     detail = (f"; {len(train_idx)} training pairs, {len(val_idx)} validation, {len(held_out_ids)} held out; "
               f"{len(references)} references")
@@ -446,7 +450,8 @@ def _run_multiref_dpo(config: AlignConfig, cfg: DictConfig) -> dict:
 
     scored = _precompute_references(references, splits, algo, state.is_main_process)
     train_dataset = pairs_dataset([train_ids[i] for i in train_idx], scored["train"])
-    validation = pairs_dataset([train_ids[i] for i in val_idx], scored["validation"]) if val_idx else None
+    validation = pairs_dataset([train_ids[i] for i in val_idx], scored["validation"]) if "validation" in scored \
+        else None
     held_out = pairs_dataset(held_out_ids) if held_out_ids else None
 
     model = load_causal_lm(config.model.path, dtype=config.model.dtype, revision=config.model.revision,

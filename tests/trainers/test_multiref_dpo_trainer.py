@@ -4,6 +4,7 @@ its fingerprint says, and a reference with another chat template scores with its
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -242,3 +243,42 @@ def test_swcw_weights_in_training_come_only_from_earlier_steps(tmp_path):
         assert logged[step] == pytest.approx((earlier[0] / earlier.sum()).item(), rel=1e-6)
         with_own = means[:step + 1].mean(dim=0)
         assert logged[step] != pytest.approx((with_own[0] / with_own.sum()).item(), rel=1e-6)
+
+
+# --- end to end through align.train ----------------------------------------------------------------------------------
+
+def tiny_recipe(tmp_path: Path, *overrides: str) -> list[str]:
+    return ["recipe=multiref-dpo-prefs-tiny", f"trainer.output_dir={tmp_path / 'run'}", "trainer.max_steps=3",
+            "trainer.logging_steps=1", "algorithm.data.synthetic.num_train=300",
+            "algorithm.data.synthetic.num_eval=64", "algorithm.validation_size=100",
+            f"algorithm.cache_dir={tmp_path / 'cache'}", *overrides]
+
+
+def test_tiny_recipe_trains_with_vaw_weights_ordered_by_reference_quality(tmp_path, capsys):
+    from align.train import run
+    from tests.conftest import compose
+
+    summary = run(compose(tiny_recipe(tmp_path)))
+    out = capsys.readouterr().out
+    assert "held-out preference accuracy" in out and out.count(": computed in") == 6  # 3 references x 2 splits
+    assert 0 <= summary["eval_after"]["eval_preference_accuracy"] <= 1
+    history = json.loads((tmp_path / "run" / "trainer_state.json").read_text())["log_history"]
+    logged = [e for e in history if "loss" in e]
+    weights = [logged[0][f"weights/tiny-pref:{tilt}"] for tilt in ("2", "0.5", "-1")]
+    assert weights == sorted(weights, reverse=True) and sum(weights) == pytest.approx(1.0)
+    assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
+
+    run(compose(tiny_recipe(tmp_path / "again", f"algorithm.cache_dir={tmp_path / 'cache'}",
+                            "algorithm.loss=mrpo")))
+    assert capsys.readouterr().out.count(": cache hit") == 6  # another run, same references and data
+
+
+def test_a_bad_reference_fails_before_any_reference_is_scored(tmp_path):
+    from align.models import ModelLoadError
+    from align.train import run
+    from tests.conftest import compose
+
+    overrides = tiny_recipe(tmp_path, "algorithm.references=[embedded:tiny-pref:2,/no/such/model]")
+    with pytest.raises(ModelLoadError, match="/no/such/model"):
+        run(compose(overrides))
+    assert not list(tmp_path.glob("cache/*.safetensors"))
