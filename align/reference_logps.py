@@ -17,13 +17,14 @@ one of the parts is a miss. Files are written atomically; a crash leaves no part
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import hashlib
 import json
 import logging
 import os
+import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -34,7 +35,7 @@ CACHE_FORMAT = "v1"  # bump when scoring changes, so older entries are never rea
 _CONTENT_HASHED = {".json", ".jinja", ".model", ".txt", ".tiktoken"}  # small files: hash their bytes
 
 
-@dataclass
+@dataclasses.dataclass
 class ReferenceLogps:
     """One reference's log-probs of a split's pairs: (N,) chosen and rejected, and where they came from."""
 
@@ -87,37 +88,47 @@ def pair_length(ids: dict[str, list[int]]) -> int:
 # Fingerprints
 
 
-def model_fingerprint(path: str, revision: str | None = None) -> str:
-    """A string that changes whenever the weights `path` names may have changed (see the module docstring).
+def pinned_revision(path: str, revision: str | None = None) -> str | None:
+    """The exact commit a hub name resolves to (asked online first, else the local hub cache), so that the
+    fingerprint and the weights actually loaded are the same commit; local paths keep `revision` as given.
 
-    Raises ModelLoadError when a hub name can be resolved neither from the local hub cache nor online."""
+    Raises ModelLoadError when a hub name can be resolved neither online nor from the local hub cache."""
     from align.models import ModelLoadError, resolve_model_path
 
-    local = Path(resolve_model_path(path))
-    if local.is_dir():
-        entries = []
-        for file in sorted(p for p in local.rglob("*") if p.is_file()):
-            stat, relative = file.stat(), str(file.relative_to(local))
-            if file.suffix in _CONTENT_HASHED:
-                entries.append([relative, hashlib.sha256(file.read_bytes()).hexdigest()])
-            else:
-                entries.append([relative, stat.st_size, stat.st_mtime_ns])
-        return "local:" + hashlib.sha256(json.dumps([str(local.resolve()), entries]).encode()).hexdigest()
+    if Path(resolve_model_path(path)).is_dir():
+        return revision
     try:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import HfApi
 
-        snapshot = snapshot_download(path, revision=revision, local_files_only=True,
-                                     allow_patterns=["*.json"])  # resolves the cached commit, downloads nothing
-        return f"hub:{path}@{Path(snapshot).name}"
-    except Exception:  # noqa: BLE001 - not in the local hub cache: ask the hub
+        return HfApi().model_info(path, revision=revision).sha
+    except Exception:  # noqa: BLE001 - offline, or the hub is unreachable: the commit cached locally
         try:
-            from huggingface_hub import HfApi
+            from huggingface_hub import snapshot_download
 
-            return f"hub:{path}@{HfApi().model_info(path, revision=revision).sha}"
+            return Path(snapshot_download(path, revision=revision, local_files_only=True,
+                                          allow_patterns=["*.json"])).name  # the snapshot folder is the commit
         except Exception as err:  # noqa: BLE001
             raise ModelLoadError(f"Cannot resolve reference '{path}' (revision {revision or 'main'}): it is not a "
-                                 f"local directory, not in the local hub cache, and the hub could not be reached "
-                                 f"({err.__class__.__name__}). Check the name, or download it first.") from err
+                                 f"local directory, the hub could not be reached and it is not in the local hub "
+                                 f"cache ({err.__class__.__name__}). Check the name, or download it first.") from err
+
+
+def model_fingerprint(path: str, revision: str | None = None) -> str:
+    """A string that changes whenever the weights `path` names may have changed (see the module docstring); for a
+    hub name `revision` should be the commit from `pinned_revision`."""
+    from align.models import resolve_model_path
+
+    local = Path(resolve_model_path(path))
+    if not local.is_dir():
+        return f"hub:{path}@{revision}"
+    entries = []
+    for file in sorted(p for p in local.rglob("*") if p.is_file()):
+        stat, relative = file.stat(), str(file.relative_to(local))
+        if file.suffix in _CONTENT_HASHED:
+            entries.append([relative, hashlib.sha256(file.read_bytes()).hexdigest()])
+        else:
+            entries.append([relative, stat.st_size, stat.st_mtime_ns])
+    return "local:" + hashlib.sha256(json.dumps([str(local.resolve()), entries]).encode()).hexdigest()
 
 
 def cache_key(model_id: str, pairs: list[dict[str, list[int]]], normalize: bool) -> str:
@@ -170,16 +181,16 @@ def _distributed() -> tuple[int, int]:
     return 0, 1
 
 
-def _all_true(flag: bool) -> bool:
-    """Whether `flag` holds on every process (a single process: itself)."""
+def _gathered(value) -> list:
+    """`value` from every process, in rank order (a single process: [value])."""
     import torch.distributed as dist
 
     rank, world = _distributed()
     if world == 1:
-        return flag
+        return [value]
     gathered = [None] * world
-    dist.all_gather_object(gathered, flag)
-    return all(gathered)
+    dist.all_gather_object(gathered, value)
+    return gathered
 
 
 def _local_device() -> torch.device:
@@ -192,7 +203,9 @@ def _write_atomic(path: Path, chosen: torch.Tensor, rejected: torch.Tensor, meta
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # A unique staging name: first processes of several nodes may write the same entry into a shared directory.
+    handle, staging = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
     save_file({"chosen": chosen.contiguous(), "rejected": rejected.contiguous()}, str(staging), metadata=metadata)
     os.replace(staging, path)
 
@@ -204,59 +217,89 @@ def _read(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     return tensors["chosen"], tensors["rejected"]
 
 
-def reference_logps(reference, rows: list[dict], *, normalize: bool, batch_size: int, cache_dir: Path,
-                    split: str = "train") -> ReferenceLogps:
-    """Log-probs of `rows` (prompt messages, chosen, rejected) under `reference` (a ReferenceModelConfig), from the
-    cache or computed now. Collective under a distributed launch: every process must call it with the same rows;
-    each scores its share, every process gets the full result, and the local main process of each node writes the
-    cache entry (so nodes without a shared cache directory each keep a copy)."""
-    import torch.distributed as dist
-    from trl.trainer.utils import add_fused_lm_head
+def reference_logps(reference, splits: dict[str, list[dict]], *, normalize: bool, batch_size: int,
+                    cache_dir: Path) -> dict[str, ReferenceLogps]:
+    """Split name -> log-probs of its rows (prompt messages, chosen, rejected) under `reference` (a
+    ReferenceModelConfig), each split from the cache or computed now, the model loaded at most once.
 
-    from align.models import bf16_available, load_causal_lm, load_tokenizer, resolve_dtype
-    from align.rewards.reward_model import _outside_zero3_init
+    Collective under a distributed launch: every process must call it with the same splits. The processes first
+    check that they fingerprint the reference identically (else they would train against different numbers); each
+    then scores its share of the rows, every process gets the full result, and the first process of each node
+    writes the cache entries (so nodes without a shared cache directory each keep a copy)."""
+    from align.models import bf16_available, load_tokenizer, resolve_dtype
 
     started = time.perf_counter()
-    tokenizer = load_tokenizer(reference.path, revision=reference.revision,
-                               trust_remote_code=reference.trust_remote_code, chat_template=reference.chat_template)
-    pairs = [pair_token_ids(tokenizer, row["prompt"], row["chosen"], row["rejected"]) for row in rows]
+    revision = pinned_revision(reference.path, reference.revision)
+    tokenizer = load_tokenizer(reference.path, revision=revision, trust_remote_code=reference.trust_remote_code,
+                               chat_template=reference.chat_template)
     # Inference only: bf16 wherever the GPU supports it (training's "auto" keeps fp32 master weights under DDP).
     # The precision changes the numbers, so it is part of the model's identity.
     dtype = "bfloat16" if reference.dtype == "auto" and bf16_available() else reference.dtype
-    model_id = f"{model_fingerprint(reference.path, reference.revision)}|{resolve_dtype(dtype)}"
-    path = Path(cache_dir) / f"{cache_key(model_id, pairs, normalize)}.safetensors"
-    if _all_true(path.is_file()):
-        chosen, rejected = _read(path)
-        return ReferenceLogps(chosen, rejected, path, True, time.perf_counter() - started)
+    model_id = f"{model_fingerprint(reference.path, revision)}|{resolve_dtype(dtype)}"
+    pairs = {name: [pair_token_ids(tokenizer, r["prompt"], r["chosen"], r["rejected"]) for r in rows]
+             for name, rows in splits.items()}
+    paths = {name: Path(cache_dir) / f"{cache_key(model_id, ids, normalize)}.safetensors"
+             for name, ids in pairs.items()}
+    keys = _gathered(sorted(str(p.name) for p in paths.values()))
+    if any(k != keys[0] for k in keys):
+        raise RuntimeError(f"The processes of this launch fingerprint reference '{reference.path}' differently "
+                           f"(different local copies or hub caches?); give every node the same copy.")
+    hits = {name: all(_gathered(path.is_file())) for name, path in paths.items()}
+    results = {name: ReferenceLogps(*_read(paths[name]), paths[name], True, 0.0) for name in splits if hits[name]}
+    missing = [name for name in splits if not hits[name]]
+    if missing:
+        scored = _score_splits(reference, revision, dtype, tokenizer, {name: pairs[name] for name in missing},
+                               normalize=normalize, batch_size=batch_size)
+        for name, (chosen, rejected) in scored.items():
+            if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+                _write_atomic(paths[name], chosen, rejected,
+                              {"model": reference.path, "model_id": model_id, "split": name,
+                               "normalize": str(normalize), "pairs": str(len(chosen)), "format": CACHE_FORMAT})
+            results[name] = ReferenceLogps(chosen, rejected, paths[name], False, 0.0)
+        _barrier()
+    seconds = time.perf_counter() - started
+    return {name: dataclasses.replace(results[name], seconds=seconds) for name in splits}
+
+
+def _score_splits(reference, revision: str | None, dtype: str, tokenizer, pairs: dict[str, list[dict]], *,
+                  normalize: bool, batch_size: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Load the reference once, score this process's share of every split's pairs, free it, and assemble every
+    process's shares: split name -> (N,) chosen and rejected log-probs."""
+    from trl.trainer.utils import add_fused_lm_head
+
+    from align.models import load_causal_lm
+    from align.rewards.reward_model import _outside_zero3_init
 
     rank, world = _distributed()
-    mine = list(range(rank, len(pairs), world))
-    sequences = [(pairs[i]["prompt_ids"], pairs[i][side]) for i in mine for side in ("chosen_ids", "rejected_ids")]
     device = _local_device()
     with _outside_zero3_init():
-        model = load_causal_lm(reference.path, dtype=dtype, revision=reference.revision,
+        model = load_causal_lm(reference.path, dtype=dtype, revision=revision,
                                trust_remote_code=reference.trust_remote_code)
     model.to(device).eval()
     add_fused_lm_head(model)
-    scores = score_sequences(model, sequences, batch_size=batch_size, normalize=normalize,
-                             pad_token_id=tokenizer.pad_token_id, device=device)
+    shares = {}
+    for name, ids in pairs.items():
+        mine = list(range(rank, len(ids), world))
+        sequences = [(ids[i]["prompt_ids"], ids[i][side]) for i in mine for side in ("chosen_ids", "rejected_ids")]
+        shares[name] = (mine, score_sequences(model, sequences, batch_size=batch_size, normalize=normalize,
+                                              pad_token_id=tokenizer.pad_token_id, device=device))
     del model
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
-    shards = [(mine, scores)]
-    if world > 1:
-        shards = [None] * world
-        dist.all_gather_object(shards, (mine, scores))
-    chosen = torch.empty(len(pairs), dtype=torch.float64)
-    rejected = torch.empty(len(pairs), dtype=torch.float64)
-    for indices, values in shards:
-        chosen[indices], rejected[indices] = values[0::2], values[1::2]
-    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
-        _write_atomic(path, chosen, rejected, {"model": reference.path, "model_id": model_id, "split": split,
-                                               "normalize": str(normalize), "pairs": str(len(pairs)),
-                                               "format": CACHE_FORMAT})
-    if world > 1:
+    assembled = {}
+    for name, ids in pairs.items():
+        chosen = torch.empty(len(ids), dtype=torch.float64)
+        rejected = torch.empty(len(ids), dtype=torch.float64)
+        for indices, values in _gathered(shares[name]):
+            chosen[indices], rejected[indices] = values[0::2], values[1::2]
+        assembled[name] = (chosen, rejected)
+    return assembled
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if _distributed()[1] > 1:
         dist.barrier()
-    return ReferenceLogps(chosen, rejected, path, False, time.perf_counter() - started)

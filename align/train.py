@@ -388,27 +388,39 @@ def _run_reward_model(config: AlignConfig, cfg: DictConfig) -> dict:
     return summary
 
 
+def _check_references(references) -> None:
+    """Each reference resolves and has a chat template: fail before any reference is loaded and scored."""
+    from align.models import ModelLoadError, load_tokenizer
+    from align.reference_logps import pinned_revision
+
+    for i, reference in enumerate(references):
+        try:
+            revision = pinned_revision(reference.path, reference.revision)
+            load_tokenizer(reference.path, revision=revision, trust_remote_code=reference.trust_remote_code,
+                           chat_template=reference.chat_template)
+        except ModelLoadError as err:
+            message = str(err).replace("model.chat_template", f"algorithm.references[{i}].chat_template")
+            raise ModelLoadError(f"algorithm.references[{i}] ('{reference.path}'): {message}") from None
+
+
 def _precompute_references(references, splits: dict[str, list[dict]], algo, announce: bool) -> dict[str, list]:
-    """Split name -> one ReferenceLogps per reference: every reference scores every split, one reference loaded at
-    a time (a cache hit loads none)."""
-    from align.models import cache_dir, load_tokenizer
-    from align.reference_logps import model_fingerprint, reference_logps
+    """Split name -> one ReferenceLogps per reference: each reference loaded at most once (none on a cache hit),
+    one at a time, and scoring every split."""
+    from align.models import cache_dir
+    from align.reference_logps import reference_logps
 
     directory = Path(algo.cache_dir).expanduser() if algo.cache_dir else cache_dir() / "reference_logps"
-    for reference in references:  # a bad name, a missing chat template: fail before any reference is scored
-        load_tokenizer(reference.path, revision=reference.revision, trust_remote_code=reference.trust_remote_code,
-                       chat_template=reference.chat_template)
-        model_fingerprint(reference.path, reference.revision)
+    _check_references(references)
     scored = {name: [] for name in splits}
     for k, reference in enumerate(references, 1):
-        for name, rows in splits.items():
-            result = reference_logps(reference, rows, normalize=algo.length_normalize,
-                                     batch_size=algo.precompute_batch_size, cache_dir=directory, split=name)
+        results = reference_logps(reference, splits, normalize=algo.length_normalize,
+                                  batch_size=algo.precompute_batch_size, cache_dir=directory)
+        for name, result in results.items():
             scored[name].append(result)
             if announce:
-                how = "cache hit" if result.cache_hit else f"computed in {result.seconds:.1f} s"
-                print(f"[align] reference {k}/{len(references)} {reference.name} ({name}, {len(rows)} pairs): {how} "
-                      f"-> {result.cache_file}", flush=True)
+                how = "cache hit" if result.cache_hit else f"computed ({result.seconds:.1f} s for all splits)"
+                print(f"[align] reference {k}/{len(references)} {reference.name} ({name}, {len(splits[name])} "
+                      f"pairs): {how} -> {result.cache_file}", flush=True)
     return scored
 
 

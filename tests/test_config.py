@@ -179,6 +179,7 @@ def test_reference_entries_become_named_configs():
 
 
 def test_qlora_needs_lora_and_a_gpu(monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     with pytest.raises(ConfigError, match="set model.lora.r > 0"):
         validate(typed([*MULTIREF, "model.load_in_4bit=true"]), processes=1)
     with pytest.raises(ConfigError, match="needs a CUDA GPU"):

@@ -5,6 +5,7 @@ its fingerprint says, and a reference with another chat template scores with its
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -14,10 +15,15 @@ import torch
 from align.config import MultiRefDPOAlgorithmConfig, ReferenceModelConfig
 from align.data.preferences import synthetic_preferences
 from align.models import TINY, load_causal_lm, load_tokenizer, resolve_model_path
-from align.reference_logps import pair_token_ids, reference_logps
+from align.reference_logps import ReferenceLogps, pair_token_ids, reference_logps
 from align.trainers.multiref_dpo import build_multiref_dpo_trainer, pairs_dataset, tokenize_pairs
 
 BETA = 0.5
+
+
+def score(reference: ReferenceModelConfig, rows: list[dict], **kwargs) -> ReferenceLogps:
+    """One split's log-probs under `reference` (from the cache or computed)."""
+    return reference_logps(reference, {"train": rows}, **kwargs)["train"]
 
 
 def preference_rows(n: int, seed: int = 3) -> list[dict]:
@@ -34,7 +40,7 @@ def common_args(tmp_path: Path, **extra) -> dict:
 def our_trainer(tmp_path, rows, references, *, normalize: bool, loss: str = "mdpo", weighting: str = "uniform"):
     tokenizer = load_tokenizer(TINY)
     rows, ids, _ = tokenize_pairs(tokenizer, rows, 512)
-    scored = [reference_logps(r, rows, normalize=normalize, batch_size=3, cache_dir=tmp_path / "cache")
+    scored = [score(r, rows, normalize=normalize, batch_size=3, cache_dir=tmp_path / "cache")
               for r in references]
     algo = MultiRefDPOAlgorithmConfig(references=[r.path for r in references], loss=loss, weighting=weighting,
                                       beta=BETA, length_normalize=normalize, validation_size=0)
@@ -44,7 +50,7 @@ def our_trainer(tmp_path, rows, references, *, normalize: bool, loss: str = "mdp
     return trainer, model
 
 
-def trl_trainer(tmp_path, rows, *, normalize: bool):
+def trl_trainer(tmp_path, rows, *, normalize: bool, ref_model=None):
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
@@ -53,7 +59,8 @@ def trl_trainer(tmp_path, rows, *, normalize: bool):
     args = DPOConfig(**common_args(tmp_path / "trl"), beta=BETA, max_length=None, precompute_ref_log_probs=True,
                      loss_type=["sigmoid_norm" if normalize else "sigmoid"])
     model = load_causal_lm(TINY, dtype="float32")
-    return DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=load_tokenizer(TINY)), model
+    return DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=dataset,
+                      processing_class=load_tokenizer(TINY)), model
 
 
 def first_batch(trainer, n: int = 4) -> dict:
@@ -63,11 +70,14 @@ def first_batch(trainer, n: int = 4) -> dict:
 @pytest.mark.parametrize("loss", ["mrpo", "mdpo"])
 @pytest.mark.parametrize("normalize", [True, False])
 def test_one_reference_is_trl_dpo_in_loss_and_gradients(tmp_path, loss, normalize):
-    """The policy itself as the only reference: our cache, tokenization and loss against TRL's own precompute and
+    """A reference that differs from the policy: our cache, tokenization and loss against TRL's own precompute and
     DPO loss (sigmoid_norm = length-normalised, sigmoid = sums)."""
     rows = preference_rows(8)
-    ours, our_model = our_trainer(tmp_path, rows, [ReferenceModelConfig(path=TINY)], normalize=normalize, loss=loss)
-    trl, trl_model = trl_trainer(tmp_path, rows, normalize=normalize)
+    reference = perturbed_copy(tmp_path)
+    ours, our_model = our_trainer(tmp_path, rows, [ReferenceModelConfig(path=reference)], normalize=normalize,
+                                  loss=loss)
+    trl, trl_model = trl_trainer(tmp_path, rows, normalize=normalize,
+                                 ref_model=load_causal_lm(reference, dtype="float32"))
     our_inputs, trl_inputs = first_batch(ours), first_batch(trl)
     for key in ("input_ids", "attention_mask", "completion_mask"):
         assert torch.equal(our_inputs[key], trl_inputs[key]), key
@@ -80,6 +90,7 @@ def test_one_reference_is_trl_dpo_in_loss_and_gradients(tmp_path, loss, normaliz
     our_loss = ours.compute_loss(our_model, our_inputs)
     trl_loss = trl.compute_loss(trl_model, trl_inputs)
     torch.testing.assert_close(our_loss, trl_loss, rtol=1e-5, atol=1e-6)
+    assert abs(our_loss.item() - math.log(2)) > 1e-4  # real reference margins (float32 noise here is ~1e-7)
     our_loss.backward()
     trl_loss.backward()
     for (name, ours_p), trl_p in zip(our_model.named_parameters(), trl_model.parameters()):
@@ -88,14 +99,14 @@ def test_one_reference_is_trl_dpo_in_loss_and_gradients(tmp_path, loss, normaliz
 
 def test_cache_hits_on_rerun_without_loading_the_model(tmp_path, monkeypatch):
     rows, reference = preference_rows(6), ReferenceModelConfig(path=TINY)
-    first = reference_logps(reference, rows, normalize=True, batch_size=4, cache_dir=tmp_path)
+    first = score(reference, rows, normalize=True, batch_size=4, cache_dir=tmp_path)
     assert not first.cache_hit and first.cache_file.is_file()
 
     def no_model(*args, **kwargs):
         raise AssertionError("a cache hit must not load the reference")
 
     monkeypatch.setattr("align.models.load_causal_lm", no_model)
-    again = reference_logps(reference, rows, normalize=True, batch_size=2, cache_dir=tmp_path)
+    again = score(reference, rows, normalize=True, batch_size=2, cache_dir=tmp_path)
     assert again.cache_hit and again.cache_file == first.cache_file
     assert torch.equal(again.chosen, first.chosen) and torch.equal(again.rejected, first.rejected)
 
@@ -119,7 +130,7 @@ OTHER_TEMPLATE = ("{% for m in messages %}### {{ m['role'] }}: {{ m['content'] }
 
 def test_cache_misses_when_any_fingerprint_part_changes(tmp_path):
     rows, base = preference_rows(6), ReferenceModelConfig(path=TINY)
-    baseline = reference_logps(base, rows, normalize=True, batch_size=4, cache_dir=tmp_path / "c")
+    baseline = score(base, rows, normalize=True, batch_size=4, cache_dir=tmp_path / "c")
     variants = {
         "model": (ReferenceModelConfig(path=perturbed_copy(tmp_path)), rows, True),
         "tokenizer": (ReferenceModelConfig(path=TINY, chat_template=OTHER_TEMPLATE), rows, True),
@@ -128,7 +139,7 @@ def test_cache_misses_when_any_fingerprint_part_changes(tmp_path):
     }
     files = {baseline.cache_file}
     for part, (reference, data, normalize) in variants.items():
-        result = reference_logps(reference, data, normalize=normalize, batch_size=4, cache_dir=tmp_path / "c")
+        result = score(reference, data, normalize=normalize, batch_size=4, cache_dir=tmp_path / "c")
         assert not result.cache_hit, part
         assert result.cache_file not in files, part
         assert not torch.equal(result.chosen, baseline.chosen), part
@@ -145,7 +156,7 @@ def test_reference_with_another_chat_template_scores_its_own_rendering(tmp_path)
     tokenizer.chat_template = OTHER_TEMPLATE
     tokenizer.save_pretrained(directory)
     rows = preference_rows(4)
-    cached = reference_logps(ReferenceModelConfig(path=str(directory)), rows, normalize=True, batch_size=3,
+    cached = score(ReferenceModelConfig(path=str(directory)), rows, normalize=True, batch_size=3,
                              cache_dir=tmp_path / "c")
     model = load_causal_lm(str(directory), dtype="float32").eval()
     for i, row in enumerate(rows):
@@ -159,7 +170,7 @@ def test_reference_with_another_chat_template_scores_its_own_rendering(tmp_path)
             logps = torch.log_softmax(logits[:-1], dim=-1).gather(1, torch.tensor(full[1:])[:, None])[:, 0]
             expected = logps[len(context) - 1:].mean()
             assert value.item() == pytest.approx(expected.item(), abs=1e-5), (i, side)
-    policy_view = reference_logps(ReferenceModelConfig(path=TINY), rows, normalize=True, batch_size=3,
+    policy_view = score(ReferenceModelConfig(path=TINY), rows, normalize=True, batch_size=3,
                                   cache_dir=tmp_path / "c")
     assert not torch.allclose(policy_view.chosen, cached.chosen)
 
@@ -192,7 +203,7 @@ def small_run(tmp_path: Path, weighting: str, **args):
     splits = {"train": list(range(48)), "validation": list(range(48, 64))}
     datasets = {}
     for name, idx in splits.items():
-        scored = [reference_logps(r, [rows[i] for i in idx], normalize=True, batch_size=16,
+        scored = [score(r, [rows[i] for i in idx], normalize=True, batch_size=16,
                                   cache_dir=tmp_path / "cache") for r in references]
         datasets[name] = pairs_dataset([ids[i] for i in idx], scored)
     algo = MultiRefDPOAlgorithmConfig(references=["a", "b"], weighting=weighting, beta=BETA, validation_size=16,
@@ -260,7 +271,7 @@ def test_tiny_recipe_trains_with_vaw_weights_ordered_by_reference_quality(tmp_pa
 
     summary = run(compose(tiny_recipe(tmp_path)))
     out = capsys.readouterr().out
-    assert "held-out preference accuracy" in out and out.count(": computed in") == 6  # 3 references x 2 splits
+    assert "held-out preference accuracy" in out and out.count(": computed (") == 6  # 3 references x 2 splits
     assert 0 <= summary["eval_after"]["eval_preference_accuracy"] <= 1
     history = json.loads((tmp_path / "run" / "trainer_state.json").read_text())["log_history"]
     logged = [e for e in history if "loss" in e]
