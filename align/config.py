@@ -29,6 +29,13 @@ REWARD_MODEL_OBJECTIVES = ("bradley_terry", "gaussian_anchor", "causal_rm")
 MULTIREF_LOSSES = ("mrpo", "mdpo")
 MULTIREF_WEIGHTINGS = ("uniform", "arwc", "vdw", "vaw", "swcw", "swcw_onehot", "tsw")
 MULTIREF_NEEDS_VALIDATION = ("vdw", "vaw", "tsw")
+# DPOConfig fields the multiref_dpo trainer sets itself or that its loss, data path and reference cache bypass.
+MULTIREF_TRL_OWNED = {
+    "max_length", "truncation_mode", "padding_free", "dataset_num_proc", "precompute_ref_log_probs",
+    "precompute_ref_batch_size", "sync_ref_model", "ref_model_mixup_alpha", "ref_model_sync_steps", "loss_type",
+    "loss_weights", "label_smoothing", "ld_alpha", "use_weighting", "f_divergence_type", "f_alpha_divergence_coef",
+    "discopop_tau", "router_aux_loss_coef", "eval_strategy", "eval_steps", "eval_on_start",
+}
 
 
 class ConfigError(ValueError):
@@ -481,6 +488,9 @@ def validate(cfg: AlignConfig, processes: int | None = None) -> None:
         if not cfg.model.lora.r:
             raise ConfigError("model.load_in_4bit quantizes the base weights, which then cannot be trained; train a "
                               "LoRA adapter on top (QLoRA): set model.lora.r > 0, e.g. model.lora.r=32.")
+        if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+            raise ConfigError("model.load_in_4bit places the quantized weights on each process's GPU, which DeepSpeed "
+                              "cannot shard; launch QLoRA without DeepSpeed (one process, or DDP).")
         problem = quantization_problem()
         if problem:
             raise ConfigError(f"model.load_in_4bit: {problem} Set model.load_in_4bit=false to train in full precision.")
@@ -731,6 +741,12 @@ def _validate_multiref(cfg: AlignConfig, algo: MultiRefDPOAlgorithmConfig) -> No
         raise ConfigError(f"algorithm.bandit_pairs {algo.bandit_pairs} exceeds algorithm.validation_size "
                           f"{algo.validation_size}: tsw samples its per-step subset from the validation pairs.")
     _positive("algorithm.data.max_length", algo.data.max_length)
+    for key, node in (("trainer.trl", cfg.trainer), ("algorithm.trl", algo)):
+        clashing = sorted(set(node.trl) & MULTIREF_TRL_OWNED)
+        if clashing:
+            raise ConfigError(f"{key}: {', '.join(clashing)} would be ignored or overridden: multiref_dpo computes its "
+                              f"own loss against cached reference log-probs and sets the evaluation schedule itself "
+                              f"(algorithm.eval_steps; algorithm.data.max_length drops long pairs). Remove them.")
     if cfg.warm_start.max_steps:
         raise ConfigError("warm_start is not supported with multiref_dpo; set warm_start.max_steps=0 and start from "
                           "an SFT checkpoint instead.")

@@ -185,7 +185,7 @@ def _finetune_reference(model, tokenizer, tilt: float) -> None:
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        with torch.random.fork_rng():
+        with torch.random.fork_rng(devices=[]):  # CPU only: do not open a CUDA context on every GPU
             torch.manual_seed(_PREF_SEED)
             optimizer = torch.optim.AdamW(model.parameters(), lr=_PREF_LR)
             model.train()

@@ -154,6 +154,8 @@ MULTIREF = ["recipe=multiref-dpo-prefs-tiny"]
     ("'algorithm.references=[{name: x}]'", "algorithm.references[0]"),
     ("warm_start.max_steps=5", "warm_start is not supported with multiref_dpo"),
     ("+algorithm.trl.bogus=1", "not a field of TRL.s DPOConfig"),
+    ("+algorithm.trl.loss_type=[ipo]", "algorithm.trl: loss_type would be ignored"),
+    ("+trainer.trl.max_length=64", "trainer.trl: max_length would be ignored"),
 ])
 def test_bad_multiref_values_name_their_key(override, message):
     config = typed([*MULTIREF, override.strip("'")])

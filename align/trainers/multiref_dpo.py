@@ -26,6 +26,7 @@ Training metrics, besides TRL's usual ones:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -88,6 +89,19 @@ def mdpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_ch
 
 
 LOSSES = {"mrpo": mrpo_loss, "mdpo": mdpo_loss}
+
+
+def implicit_reward_margins(loss: str, policy_chosen: torch.Tensor, policy_rejected: torch.Tensor,
+                            ref_chosen: torch.Tensor, ref_rejected: torch.Tensor, alpha: torch.Tensor,
+                            beta: float) -> torch.Tensor:
+    """(B,) DPO's implicit reward margin under `loss`: against the virtual reference (mrpo), or the alpha-weighted
+    mean of the per-reference margins (mdpo); both are DPO's beta * [policy margin - reference margin] at K = 1."""
+    if loss == "mrpo":
+        virtual_chosen = virtual_reference_logps(ref_chosen, alpha)
+        virtual_rejected = virtual_reference_logps(ref_rejected, alpha)
+        return dpo_logits(policy_chosen, policy_rejected, virtual_chosen, virtual_rejected, beta)
+    per_reference = dpo_logits(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta)
+    return (alpha.expand_as(per_reference) * per_reference).sum(dim=-1)
 
 # --------------------------------------------------------------------------------------------------------------------
 # Weighting rules
@@ -335,7 +349,10 @@ class MultiRefDPOTrainer(DPOTrainer):
         if not kwargs["args"].precompute_ref_log_probs:
             raise ValueError("MultiRefDPOTrainer trains against cached reference log-probs; set "
                              "precompute_ref_log_probs=True so TRL keeps no reference model.")
-        super().__init__(*args, compute_metrics=_preference_metrics, **kwargs)
+        if weighting.needs_validation_reward and not validation:
+            raise ValueError(f"{type(weighting).__name__} scores the policy on validation pairs; pass validation.")
+        with _skip_trl_model_hash():
+            super().__init__(*args, compute_metrics=_preference_metrics, **kwargs)
         self.loss_name, self.weighting, self.reference_names = loss, weighting, list(reference_names)
         self.length_normalize, self.validation, self.bandit_pairs = length_normalize, validation, bandit_pairs
         self.subset_rng = np.random.default_rng([seed, 1])  # tsw's validation subsets; arms draw from their own
@@ -355,13 +372,15 @@ class MultiRefDPOTrainer(DPOTrainer):
 
     # --- log-probs and loss ---------------------------------------------------------------------------------------
 
-    def policy_logps(self, model, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B,) sequence log-probs of the chosen and rejected responses of a collated batch ([chosen; rejected])."""
+    def policy_logps(self, model, inputs: dict, normalize: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B,) sequence log-probs of the chosen and rejected responses of a collated batch ([chosen; rejected]),
+        length-normalised as configured unless `normalize` says otherwise."""
         labels = inputs["input_ids"].masked_fill(inputs["completion_mask"] == 0, -100)
         outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], labels=labels,
                         use_cache=False, fused_lm_head=True)
         mask = inputs["completion_mask"][:, 1:]
-        logps = sequence_logps(outputs.log_probs[:, -mask.shape[1]:], mask, self.length_normalize)
+        normalize = self.length_normalize if normalize is None else normalize
+        logps = sequence_logps(outputs.log_probs[:, -mask.shape[1]:], mask, normalize)
         return logps.chunk(2, dim=0)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -381,18 +400,18 @@ class MultiRefDPOTrainer(DPOTrainer):
         metrics, gather = self._metrics["train"], self.accelerator.gather
         for k, name in enumerate(self.reference_names):
             metrics[f"weights/{name}"].append(gather(alpha[:, k].mean()).mean().item())
-        virtual = virtual_reference_logps
-        margin = (chosen - rejected) - (virtual(ref_chosen, alpha) - virtual(ref_rejected, alpha))
-        metrics["rewards/margins"].append(gather(self.beta * margin).mean().item())
+        metrics["rewards/margins"].append(gather(implicit_reward_margins(
+            self.loss_name, chosen, rejected, ref_chosen, ref_rejected, alpha, self.beta)).mean().item())
         metrics["policy/preference_accuracy"].append(gather((chosen > rejected).float()).mean().item())
         metrics["logps/chosen"].append(gather(chosen).mean().item())
         metrics["logps/rejected"].append(gather(rejected).mean().item())
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        """Evaluation: the policy's margin l_theta(y_w) - l_theta(y_l) per pair (label 1: y_w is preferred)."""
+        """Evaluation: the policy's length-normalised margin l_theta(y_w) - l_theta(y_l) per pair (label 1: y_w is
+        preferred), whatever the loss's normalisation: preference accuracy is defined on normalised log-probs."""
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad(), self.compute_loss_context_manager():
-            chosen, rejected = self.policy_logps(model, inputs)
+            chosen, rejected = self.policy_logps(model, inputs, normalize=True)
         margins = (chosen - rejected).float()
         return None, margins, torch.ones_like(margins)
 
@@ -435,7 +454,8 @@ class MultiRefDPOTrainer(DPOTrainer):
             return
         from accelerate.utils import gather_object
 
-        digest = hashlib.sha256(json.dumps(self.algorithm_state(), sort_keys=True).encode()).hexdigest()
+        decided = {"state": self.algorithm_state(), "weights": self.weighting.step_weights().tolist()}
+        digest = hashlib.sha256(json.dumps(decided, sort_keys=True).encode()).hexdigest()
         if len(set(gather_object([digest]))) > 1:
             raise RuntimeError(f"the {type(self.weighting).__name__} state differs between ranks after step "
                                f"{self.state.global_step}; every rank must see the same observations.")
@@ -458,7 +478,7 @@ class MultiRefDPOTrainer(DPOTrainer):
             rows = [self.validation[i] for i in mine[start:start + batch_size]]
             batch = self._prepare_inputs(self.data_collator(rows))
             with self.compute_loss_context_manager():
-                chosen, rejected = self.policy_logps(self.model, batch)
+                chosen, rejected = self.policy_logps(self.model, batch, normalize=True)
             hits = (chosen > rejected).double().cpu()
             correct += (hits * torch.tensor(weights[start:start + batch_size], dtype=torch.float64)).sum()
         self.model.train(was_training)
@@ -471,19 +491,40 @@ class MultiRefDPOTrainer(DPOTrainer):
         return {"weighting": self.weighting.state_dict(), "subset_rng": self.subset_rng.bit_generator.state}
 
     def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
+        # Written before the trainer's own files (trainer_state.json last, then the rotation of old checkpoints),
+        # so a checkpoint that looks complete always holds the strategy state of its step.
         if self.args.should_save:
             folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+            os.makedirs(folder, exist_ok=True)
             save_json_atomic(self.algorithm_state(), os.path.join(folder, STATE_FILE))
+        super()._save_checkpoint(model, trial)
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)
-        path = os.path.join(checkpoint, STATE_FILE) if checkpoint else None
-        if path and os.path.exists(path):
-            with open(path) as f:
-                state = json.load(f)
-            self.weighting.load_state_dict(state["weighting"])
-            self.subset_rng.bit_generator.state = state["subset_rng"]
+        if not checkpoint:
+            return
+        path = os.path.join(checkpoint, STATE_FILE)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{checkpoint} has no {STATE_FILE}: it was not written by a multiref_dpo run, or "
+                                    f"its save was interrupted. Resume from another checkpoint.")
+        with open(path) as f:
+            state = json.load(f)
+        self.weighting.load_state_dict(state["weighting"])
+        self.subset_rng.bit_generator.state = state["subset_rng"]
+
+
+@contextlib.contextmanager
+def _skip_trl_model_hash():
+    """TRL hashes every policy weight when `precompute_ref_log_probs` is set, to key its own single-reference cache,
+    which this trainer replaces: seconds for a small policy, much longer for a large full fine-tune. Skip it."""
+    import trl.trainer.dpo_trainer as dpo_module
+
+    original = dpo_module.hash_module
+    dpo_module.hash_module = lambda module: "unused: align caches reference log-probs itself"
+    try:
+        yield
+    finally:
+        dpo_module.hash_module = original
 
 
 def _preference_metrics(prediction) -> dict[str, float]:

@@ -229,3 +229,18 @@ def test_thompson_needs_an_arm_and_an_outcome():
     bandit.begin_step()
     with pytest.raises(ValueError, match="improved"):
         bandit.end_step(torch.zeros(2))
+
+
+def test_implicit_reward_margins_per_loss():
+    from align.trainers.multiref_dpo import implicit_reward_margins
+
+    chosen, rejected = t([POLICY_CHOSEN]), t([POLICY_REJECTED])
+    ref_chosen, ref_rejected = t([P_CHOSEN]).log(), t([P_REJECTED]).log()
+    mrpo = implicit_reward_margins("mrpo", chosen, rejected, ref_chosen, ref_rejected, t(ALPHA), BETA)
+    assert mrpo.item() == pytest.approx(BETA * (1.0 - math.log(0.32 / 0.25)))
+    mdpo = implicit_reward_margins("mdpo", chosen, rejected, ref_chosen, ref_rejected, t(ALPHA), BETA)
+    assert mdpo.item() == pytest.approx(BETA * (1.0 - 0.25 * math.log(2.0) - 0.75 * math.log(0.8)))
+    for loss in ("mrpo", "mdpo"):  # one reference: DPO's beta * (policy margin - reference margin)
+        single = implicit_reward_margins(loss, chosen, rejected, ref_chosen[:, :1], ref_rejected[:, :1], t([1.0]),
+                                         BETA)
+        assert single.item() == pytest.approx(BETA * (1.0 - math.log(2.0)))

@@ -293,3 +293,25 @@ def test_a_bad_reference_fails_before_any_reference_is_scored(tmp_path):
     with pytest.raises(ModelLoadError, match="/no/such/model"):
         run(compose(overrides))
     assert not list(tmp_path.glob("cache/*.safetensors"))
+
+
+def test_resume_refuses_a_checkpoint_without_strategy_state(tmp_path):
+    trainer = small_run(tmp_path, "tsw", max_steps=2, save_strategy="steps", save_steps=1)
+    trainer.train()
+    checkpoint = tmp_path / "run" / "checkpoint-1"
+    (checkpoint / "multiref_state.json").unlink()
+    resumed = small_run(tmp_path, "tsw", max_steps=2)
+    with pytest.raises(FileNotFoundError, match="no multiref_state.json"):
+        resumed.train(resume_from_checkpoint=str(checkpoint))
+
+
+def test_tsw_needs_validation_pairs(tmp_path):
+    rows = preference_rows(8)
+    tokenizer = load_tokenizer(TINY)
+    rows, ids, _ = tokenize_pairs(tokenizer, rows, 512)
+    train = pairs_dataset(ids, [score(ReferenceModelConfig(path=TINY), rows, normalize=True, batch_size=8,
+                                      cache_dir=tmp_path / "cache")])
+    algo = MultiRefDPOAlgorithmConfig(references=["a"], weighting="tsw", validation_size=4)
+    with pytest.raises(ValueError, match="validation"):
+        build_multiref_dpo_trainer(load_causal_lm(TINY, dtype="float32"), tokenizer, train, algo, ["a"],
+                                   common_args(tmp_path))
