@@ -214,9 +214,12 @@ def small_run(tmp_path: Path, weighting: str, **args):
                                       validation=datasets["validation"])
 
 
-@pytest.mark.parametrize("weighting", ["tsw", "swcw_onehot"])
-def test_strategy_state_is_logged_checkpointed_and_restored_on_resume(tmp_path, weighting):
-    straight = small_run(tmp_path / "straight", weighting, max_steps=4, learning_rate=5e-3)
+@pytest.mark.parametrize("weighting, accumulation", [("tsw", 1), ("swcw_onehot", 1), ("tsw", 2)])
+def test_strategy_state_is_logged_checkpointed_and_restored_on_resume(tmp_path, weighting, accumulation):
+    """One strategy step per optimizer step (also with gradient accumulation); a resumed run ends where an
+    uninterrupted one does, strategy state and weights alike."""
+    args = {"max_steps": 4, "learning_rate": 5e-3, "gradient_accumulation_steps": accumulation}
+    straight = small_run(tmp_path / "straight", weighting, **args)
     straight.train()
     history = [e for e in straight.state.log_history if "loss" in e]
     assert len(history) == 4
@@ -228,12 +231,11 @@ def test_strategy_state_is_logged_checkpointed_and_restored_on_resume(tmp_path, 
     else:  # the first step has no history yet (uniform), every later one trains on one reference
         assert history[0]["weights/a"] == 0.5 and all("arm" in e for e in history[1:])
 
-    interrupted = small_run(tmp_path / "resumed", weighting, max_steps=4, learning_rate=5e-3,
-                            save_strategy="steps", save_steps=2)
+    interrupted = small_run(tmp_path / "resumed", weighting, **args, save_strategy="steps", save_steps=2)
     interrupted.train()
     checkpoint = tmp_path / "resumed" / "run" / "checkpoint-2"
     assert (checkpoint / "multiref_state.json").is_file()
-    resumed = small_run(tmp_path / "resumed", weighting, max_steps=4, learning_rate=5e-3)
+    resumed = small_run(tmp_path / "resumed", weighting, **args)
     resumed.train(resume_from_checkpoint=str(checkpoint))
     assert resumed.algorithm_state() == straight.algorithm_state()
     for p, q in zip(resumed.model.parameters(), straight.model.parameters()):
