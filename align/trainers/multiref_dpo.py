@@ -22,6 +22,7 @@ Training metrics, besides TRL's usual ones:
   bandit/mean_<reference>  tsw: posterior mean a / (a + b) of each arm;  bandit/reward: 1 if the step helped
   bandit/val_accuracy_before / _after   tsw: policy preference accuracy on the step's validation subset
   policy/preference_accuracy             share of the step's pairs with l_theta(y_w) > l_theta(y_l)
+  timing/step_s, timing/validation_s (tsw's passes), timing/update_s, perf/tokens_per_s (all ranks)
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import hashlib
 import json
 import math
 import os
+import time
 from collections import deque
 
 import numpy as np
@@ -358,6 +360,8 @@ class MultiRefDPOTrainer(DPOTrainer):
         self.subset_rng = np.random.default_rng([seed, 1])  # tsw's validation subsets; arms draw from their own
         self._step_abs_deltas = torch.zeros(len(reference_names), dtype=torch.float64)
         self._step_pairs = 0
+        self._step_tokens = 0.0
+        self._step_started = self._validation_seconds = 0.0
         self._val_before: float | None = None
         self._subset: list[int] = []
         self.add_callback(_StepHooks(self))
@@ -393,6 +397,7 @@ class MultiRefDPOTrainer(DPOTrainer):
         if model.training:
             self._step_abs_deltas += deltas.abs().sum(dim=0).double().cpu()
             self._step_pairs += len(deltas)
+            self._step_tokens += float(inputs["attention_mask"].sum())
             self._log_batch(chosen.detach(), rejected.detach(), ref_chosen, ref_rejected, alpha)
         return loss
 
@@ -418,8 +423,9 @@ class MultiRefDPOTrainer(DPOTrainer):
     # --- the weighting strategy's step boundaries ---------------------------------------------------------------
 
     def begin_weighting_step(self) -> None:
+        self._step_started, self._validation_seconds = time.perf_counter(), 0.0
         self._step_abs_deltas.zero_()
-        self._step_pairs = 0
+        self._step_pairs, self._step_tokens = 0, 0.0
         if self.weighting.needs_validation_reward:
             size = min(self.bandit_pairs, len(self.validation))
             self._subset = sorted(self.subset_rng.choice(len(self.validation), size=size, replace=False).tolist())
@@ -427,9 +433,10 @@ class MultiRefDPOTrainer(DPOTrainer):
         self.weighting.begin_step()
 
     def end_weighting_step(self) -> None:
-        totals = torch.cat([self._step_abs_deltas, torch.tensor([float(self._step_pairs)], dtype=torch.float64)])
-        totals = self.accelerator.reduce(totals.to(self.accelerator.device), reduction="sum").cpu()
-        mean_abs_deltas = totals[:-1] / totals[-1].clamp(min=1)
+        local = [*self._step_abs_deltas.tolist(), float(self._step_pairs), self._step_tokens]
+        totals = self.accelerator.reduce(torch.tensor(local, dtype=torch.float64, device=self.accelerator.device),
+                                         reduction="sum").cpu()
+        mean_abs_deltas, tokens = totals[:-2] / totals[-2].clamp(min=1), totals[-1]
         improved = None
         metrics = self._metrics["train"]
         if self.weighting.needs_validation_reward:
@@ -447,6 +454,11 @@ class MultiRefDPOTrainer(DPOTrainer):
             for name, mean in zip(self.reference_names, self.weighting.posterior_means()):
                 metrics[f"bandit/mean_{name}"].append(mean)
         self._check_same_on_every_rank()
+        step = time.perf_counter() - self._step_started
+        metrics["timing/step_s"].append(step)
+        metrics["timing/validation_s"].append(self._validation_seconds)  # tsw's passes; the rest is the update
+        metrics["timing/update_s"].append(step - self._validation_seconds)
+        metrics["perf/tokens_per_s"].append(float(tokens) / step if step > 0 else 0.0)
 
     def _check_same_on_every_rank(self) -> None:
         """Ranks that disagreed on the weights would silently train different losses; fail loudly instead."""
@@ -465,6 +477,7 @@ class MultiRefDPOTrainer(DPOTrainer):
         """The policy's preference accuracy on validation pairs `indices` (the same on every rank): each process
         scores an equal share (padded by repeating a pair, so every rank runs the same number of forwards, which
         ZeRO-3 needs), and the correct counts are summed."""
+        started = time.perf_counter()
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
         share = -(-len(indices) // world)
         mine = indices[rank * share:(rank + 1) * share]
@@ -483,6 +496,7 @@ class MultiRefDPOTrainer(DPOTrainer):
             correct += (hits * torch.tensor(weights[start:start + batch_size], dtype=torch.float64)).sum()
         self.model.train(was_training)
         total = self.accelerator.reduce(correct.to(self.accelerator.device), reduction="sum").item()
+        self._validation_seconds += time.perf_counter() - started
         return total / len(indices)
 
     # --- strategy state: saved with every checkpoint, restored on resume ------------------------------------------

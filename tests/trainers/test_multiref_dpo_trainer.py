@@ -33,6 +33,7 @@ def preference_rows(n: int, seed: int = 3) -> list[dict]:
 
 def common_args(tmp_path: Path, **extra) -> dict:
     return dict(output_dir=str(tmp_path / "run"), per_device_train_batch_size=4, report_to=[], bf16=False,
+                dataloader_pin_memory=False,
                 learning_rate=1e-3, max_steps=1, logging_steps=1, save_strategy="no", seed=0,
                 remove_unused_columns=False, dataloader_num_workers=0, **extra)
 
@@ -279,6 +280,8 @@ def test_tiny_recipe_trains_with_vaw_weights_ordered_by_reference_quality(tmp_pa
     logged = [e for e in history if "loss" in e]
     weights = [logged[0][f"weights/tiny-pref:{tilt}"] for tilt in ("2", "0.5", "-1")]
     assert weights == sorted(weights, reverse=True) and sum(weights) == pytest.approx(1.0)
+    assert all(e["perf/tokens_per_s"] > 0 and e["timing/update_s"] > 0 for e in logged)
+    assert all(e["timing/validation_s"] == 0 for e in logged)  # vaw scores no validation pairs while training
     assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
 
     run(compose(tiny_recipe(tmp_path / "again", f"algorithm.cache_dir={tmp_path / 'cache'}",
@@ -307,13 +310,38 @@ def test_resume_refuses_a_checkpoint_without_strategy_state(tmp_path):
         resumed.train(resume_from_checkpoint=str(checkpoint))
 
 
-def test_tsw_needs_validation_pairs(tmp_path):
-    rows = preference_rows(8)
+def one_reference_pairs(tmp_path: Path, n: int):
+    """(policy tokenizer, a training dataset of n pairs scored by the tiny model as the one reference)."""
     tokenizer = load_tokenizer(TINY)
-    rows, ids, _ = tokenize_pairs(tokenizer, rows, 512)
-    train = pairs_dataset(ids, [score(ReferenceModelConfig(path=TINY), rows, normalize=True, batch_size=8,
-                                      cache_dir=tmp_path / "cache")])
+    rows, ids, _ = tokenize_pairs(tokenizer, preference_rows(n), 512)
+    return tokenizer, pairs_dataset(ids, [score(ReferenceModelConfig(path=TINY), rows, normalize=True,
+                                                batch_size=8, cache_dir=tmp_path / "cache")])
+
+
+def test_tsw_needs_validation_pairs(tmp_path):
+    tokenizer, train = one_reference_pairs(tmp_path, 8)
     algo = MultiRefDPOAlgorithmConfig(references=["a"], weighting="tsw", validation_size=4)
     with pytest.raises(ValueError, match="validation"):
         build_multiref_dpo_trainer(load_causal_lm(TINY, dtype="float32"), tokenizer, train, algo, ["a"],
                                    common_args(tmp_path))
+
+
+def test_lora_policy_trains_an_adapter(tmp_path):
+    from peft import LoraConfig
+
+    tokenizer, train = one_reference_pairs(tmp_path, 16)
+    algo = MultiRefDPOAlgorithmConfig(references=["a"], weighting="uniform", validation_size=0, beta=BETA)
+    model = load_causal_lm(TINY, dtype="float32")
+    frozen = {name: p.detach().clone() for name, p in model.named_parameters()}
+    trainer = build_multiref_dpo_trainer(model, tokenizer, train, algo, ["a"],
+                                         {**common_args(tmp_path), "max_steps": 2, "learning_rate": 1e-2},
+                                         peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                                task_type="CAUSAL_LM"))
+    trainer.train()
+    trained = dict(trainer.model.named_parameters())
+    lora = [p for name, p in trained.items() if "lora_B" in name]
+    assert lora and any(p.abs().sum() > 0 for p in lora)  # lora_B starts at zero: it moved
+    base = {name.replace("base_model.model.", "").replace(".base_layer", ""): p for name, p in trained.items()
+            if "lora_" not in name}
+    assert base.keys() == frozen.keys()
+    assert all(torch.equal(base[name], value) for name, value in frozen.items())  # the base weights stay frozen
