@@ -116,10 +116,16 @@ def ensure_tiny(root: Path | None = None) -> Path:
     target = (root or cache_dir()) / f"tiny-{_TINY_VERSION}"
     if (target / "model.safetensors").exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=target.parent))
     tokenizer = build_tiny_tokenizer()
     model = build_tiny_model(len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id)
+    return _publish(model, tokenizer, target)
+
+
+def _publish(model, tokenizer, target: Path) -> Path:
+    """Save model (safetensors) + tokenizer to `target` atomically: into a private staging directory, then one
+    rename. Safe under concurrent ranks building the same thing: the loser of the race discards its copy."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     tokenizer.save_pretrained(staging)
     model.save_pretrained(staging, safe_serialization=True)
     try:
@@ -219,14 +225,7 @@ def ensure_tiny_reference(tilt: float, root: Path | None = None) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, use_safetensors=True)
     _finetune_reference(model, tokenizer, float(name))
-    staging = Path(tempfile.mkdtemp(prefix=".tiny-pref-", dir=target.parent))
-    tokenizer.save_pretrained(staging)
-    model.save_pretrained(staging, safe_serialization=True)
-    try:
-        staging.rename(target)
-    except OSError:  # another process finished first
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return _publish(model, tokenizer, target)
 
 
 def _parse_tilt(path: str) -> float | None:

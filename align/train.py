@@ -352,8 +352,6 @@ def _run_reward_model(config: AlignConfig, cfg: DictConfig) -> dict:
     the head and what scoring needs (anchor thresholds, noise rates); `reward=reward_model` scores with it."""
     from align.data.preferences import load_reward_data
     from align.models import load_tokenizer
-    from align.plotting import plot_training_curves
-    from align.tracking import finish_tracking
     from align.trainers.common import training_arguments
     from align.trainers.reward_model import build_reward_model_trainer, load_reward_model
 
@@ -370,19 +368,31 @@ def _run_reward_model(config: AlignConfig, cfg: DictConfig) -> dict:
                               attn_implementation=config.model.attn_implementation)
     common = training_arguments(config, run_dir, report_to, run_name)
     trainer = build_reward_model_trainer(model, tokenizer, train_rows, held_out_rows, algo, common)
+    return _train_and_report(trainer, tokenizer, config, state, run_dir, run_name,
+                             ("eval_accuracy", "eval_auc", "eval_brier", "eval_cross_entropy", "eval_sigma_mean"))
+
+
+def _train_and_report(trainer, tokenizer, config: AlignConfig, state, run_dir: Path, run_name: str,
+                      metrics: tuple[str, ...]) -> dict:
+    """Train, evaluate on the held-out data (before: from `eval_on_start`, since an `evaluate()` before `train()`
+    leaves DeepSpeed's engine unset), save the final model, plot, print `metrics` before -> after; the summary."""
+    from align.plotting import plot_training_curves
+    from align.tracking import finish_tracking
+
     trainer.train()
     after = trainer.evaluate() if trainer.eval_dataset is not None else {}
-    before = next((entry for entry in trainer.state.log_history if "eval_loss" in entry), {})  # eval_on_start
+    before = next((entry for entry in trainer.state.log_history if any(key in entry for key in metrics)), {})
     _save_final(trainer, tokenizer, run_dir / "final")
     summary = {"run_dir": str(run_dir), "final_model": str(run_dir / "final"),
                "eval_before": before, "eval_after": after}
     if state.is_main_process:
         plot = plot_training_curves(trainer.state.log_history, [], run_dir / "curves.png", title=run_name)
         summary["plot"] = str(plot)
-        for key in ("eval_accuracy", "eval_auc", "eval_brier", "eval_cross_entropy", "eval_sigma_mean"):
-            if key in after:
-                print(f"[align] held-out {key[5:]}: {before[key]:.4f} -> {after[key]:.4f}", flush=True)
-        print(f"[align] final reward model: {summary['final_model']}\n[align] plot: {plot}", flush=True)
+        for key in metrics:
+            if key in after and key in before:
+                name = key.removeprefix("eval_").replace("_", " ")
+                print(f"[align] held-out {name}: {before[key]:.4f} -> {after[key]:.4f}", flush=True)
+        print(f"[align] final model: {summary['final_model']}\n[align] plot: {plot}", flush=True)
     finish_tracking(config.logger, state.is_main_process)
     state.wait_for_everyone()
     return summary
@@ -432,8 +442,6 @@ def _run_multiref_dpo(config: AlignConfig, cfg: DictConfig) -> dict:
     from align.data import DataError
     from align.data.preferences import load_reward_data
     from align.models import load_causal_lm, load_tokenizer
-    from align.plotting import plot_training_curves
-    from align.tracking import finish_tracking
     from align.trainers.common import training_arguments
     from align.trainers.multiref_dpo import build_multiref_dpo_trainer, carve_validation, pairs_dataset, tokenize_pairs
 
@@ -474,22 +482,7 @@ def _run_multiref_dpo(config: AlignConfig, cfg: DictConfig) -> dict:
     trainer = build_multiref_dpo_trainer(model, tokenizer, train_dataset, algo, [r.name for r in references],
                                          common, validation=validation, eval_dataset=held_out,
                                          peft_config=_peft_config(config))
-    trainer.train()
-    after = trainer.evaluate() if held_out is not None else {}
-    before = next((entry for entry in trainer.state.log_history if "eval_preference_accuracy" in entry), {})
-    _save_final(trainer, tokenizer, run_dir / "final")
-    summary = {"run_dir": str(run_dir), "final_model": str(run_dir / "final"),
-               "eval_before": before, "eval_after": after}
-    if state.is_main_process:
-        plot = plot_training_curves(trainer.state.log_history, [], run_dir / "curves.png", title=run_name)
-        summary["plot"] = str(plot)
-        if after:
-            print(f"[align] held-out preference accuracy: {before['eval_preference_accuracy']:.3f} -> "
-                  f"{after['eval_preference_accuracy']:.3f}", flush=True)
-        print(f"[align] final model: {summary['final_model']}\n[align] plot: {plot}", flush=True)
-    finish_tracking(config.logger, state.is_main_process)
-    state.wait_for_everyone()
-    return summary
+    return _train_and_report(trainer, tokenizer, config, state, run_dir, run_name, ("eval_preference_accuracy",))
 
 
 register_configs()
