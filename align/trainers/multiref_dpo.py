@@ -358,9 +358,10 @@ class MultiRefDPOTrainer(DPOTrainer):
         self.loss_name, self.weighting, self.reference_names = loss, weighting, list(reference_names)
         self.length_normalize, self.validation, self.bandit_pairs = length_normalize, validation, bandit_pairs
         self.subset_rng = np.random.default_rng([seed, 1])  # tsw's validation subsets; arms draw from their own
-        self._step_abs_deltas = torch.zeros(len(reference_names), dtype=torch.float64)
-        self._step_pairs = 0
-        self._step_tokens = 0.0
+        # The step's sums on this rank, kept on the device so the training step never waits for them:
+        # |Delta_k| per reference, pairs, tokens. All-reduced once, at the step's end.
+        self._step_totals = torch.zeros(len(reference_names) + 2, dtype=torch.float64,
+                                        device=self.accelerator.device)
         self._step_started = self._validation_seconds = 0.0
         self._val_before: float | None = None
         self._subset: list[int] = []
@@ -395,21 +396,21 @@ class MultiRefDPOTrainer(DPOTrainer):
         alpha = self.weighting.weights(deltas.double()).to(chosen.dtype)
         loss = LOSSES[self.loss_name](chosen, rejected, ref_chosen, ref_rejected, alpha, self.beta).mean()
         if model.training:
-            self._step_abs_deltas += deltas.abs().sum(dim=0).double().cpu()
-            self._step_pairs += len(deltas)
-            self._step_tokens += float(inputs["attention_mask"].sum())
+            counts = torch.stack([deltas.new_tensor(len(deltas)), inputs["attention_mask"].sum().to(deltas.dtype)])
+            self._step_totals += torch.cat([deltas.abs().sum(dim=0), counts]).double()
             self._log_batch(chosen.detach(), rejected.detach(), ref_chosen, ref_rejected, alpha)
         return loss
 
     def _log_batch(self, chosen, rejected, ref_chosen, ref_rejected, alpha) -> None:
-        metrics, gather = self._metrics["train"], self.accelerator.gather
-        for k, name in enumerate(self.reference_names):
-            metrics[f"weights/{name}"].append(gather(alpha[:, k].mean()).mean().item())
-        metrics["rewards/margins"].append(gather(implicit_reward_margins(
-            self.loss_name, chosen, rejected, ref_chosen, ref_rejected, alpha, self.beta)).mean().item())
-        metrics["policy/preference_accuracy"].append(gather((chosen > rejected).float()).mean().item())
-        metrics["logps/chosen"].append(gather(chosen).mean().item())
-        metrics["logps/rejected"].append(gather(rejected).mean().item())
+        """The micro-batch's metrics, averaged over ranks in one gather (every rank holds the same number of pairs)."""
+        margins = implicit_reward_margins(self.loss_name, chosen, rejected, ref_chosen, ref_rejected, alpha, self.beta)
+        values = torch.cat([alpha.mean(dim=0), torch.stack([margins.mean(), (chosen > rejected).float().mean(),
+                                                            chosen.mean(), rejected.mean()]).to(alpha.dtype)])
+        means = self.accelerator.gather(values[None]).mean(dim=0).tolist()
+        names = [f"weights/{name}" for name in self.reference_names] + [
+            "rewards/margins", "policy/preference_accuracy", "logps/chosen", "logps/rejected"]
+        for name, value in zip(names, means):
+            self._metrics["train"][name].append(value)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """Evaluation: the policy's length-normalised margin l_theta(y_w) - l_theta(y_l) per pair (label 1: y_w is
@@ -424,8 +425,7 @@ class MultiRefDPOTrainer(DPOTrainer):
 
     def begin_weighting_step(self) -> None:
         self._step_started, self._validation_seconds = time.perf_counter(), 0.0
-        self._step_abs_deltas.zero_()
-        self._step_pairs, self._step_tokens = 0, 0.0
+        self._step_totals.zero_()
         if self.weighting.needs_validation_reward:
             size = min(self.bandit_pairs, len(self.validation))
             self._subset = sorted(self.subset_rng.choice(len(self.validation), size=size, replace=False).tolist())
@@ -433,9 +433,7 @@ class MultiRefDPOTrainer(DPOTrainer):
         self.weighting.begin_step()
 
     def end_weighting_step(self) -> None:
-        local = [*self._step_abs_deltas.tolist(), float(self._step_pairs), self._step_tokens]
-        totals = self.accelerator.reduce(torch.tensor(local, dtype=torch.float64, device=self.accelerator.device),
-                                         reduction="sum").cpu()
+        totals = self.accelerator.reduce(self._step_totals.clone(), reduction="sum").cpu()
         mean_abs_deltas, tokens = totals[:-2] / totals[-2].clamp(min=1), totals[-1]
         improved = None
         metrics = self._metrics["train"]
