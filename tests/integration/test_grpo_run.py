@@ -120,6 +120,11 @@ def test_wandb_offline_run_logs_config_but_never_the_key(tiny_run, monkeypatch):
     summary = run(compose(tiny_run + ["logger=wandb", "logger.tags=[test]", "eval.enabled=false",
                                       "trainer.max_steps=1"]))
     run_dir = Path(summary["run_dir"])
+    # finish() returns before W&B's service process has flushed and closed the offline log; teardown waits for
+    # it, as the atexit hook does when a real run's process ends. Reading earlier races the service (seen in CI).
+    import wandb
+
+    wandb.teardown()
     wandb_files = list((run_dir / "wandb").rglob("*"))
     [record] = [f for f in wandb_files if f.name.endswith(".wandb")]  # the offline run's protobuf log
     data = record.read_bytes()
