@@ -27,6 +27,43 @@ def redact(value: Any) -> Any:
     return value
 
 
+def sweep_names(group: str | None, run_name: str, sweep: dict | None) -> tuple[str | None, str]:
+    """(W&B group, W&B run name). Outside a sweep (`sweep` None): `logger.group` and the run's name.
+
+    Under a Hydra multirun sweep, `sweep` = {"dir": hydra.sweep.dir, "overrides": the point's overrides as typed
+    (hydra.overrides.task), "exclude": hydra.job.config.override_dirname.exclude_keys}: the group is the sweep's
+    name unless logger.group is set: the last component of the sweep directory, shared by all points and unchanged
+    when Slurm requeues one (the default directory, a timestamp, gives "sweep-<timestamp>"); the run is named by
+    the point's overrides as hydra.job.override_dirname is ("lr=1e-05,seed=1", sorted), with credential-like values
+    redacted. A point without overrides keeps the run's name.
+    """
+    if sweep is None:
+        return group, run_name
+    if group is None:
+        group = Path(sweep["dir"]).name
+        group = f"sweep-{group}" if group[:1].isdigit() else group
+    items = []
+    for override in sweep.get("overrides") or []:
+        key, _, value = override.partition("=")
+        if key.lstrip("+~") in (sweep.get("exclude") or []):
+            continue
+        secret = _SECRET_KEY.search(key.lstrip("+~").rsplit(".", 1)[-1])
+        items.append(f"{key}={REDACTED}" if secret and value else override)
+    return group, ",".join(sorted(items)) or run_name
+
+
+def _hydra_sweep() -> dict | None:
+    """This process's sweep (see `sweep_names`), or None when not a point of a Hydra multirun."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    hydra_cfg = HydraConfig.get()
+    return {"dir": hydra_cfg.sweep.dir, "overrides": list(hydra_cfg.overrides.task),
+            "exclude": list(hydra_cfg.job.config.override_dirname.exclude_keys)}
+
+
 def start_tracking(cfg: LoggerConfig, run_dir: Path, run_name: str, config: dict, is_main_process: bool) -> list[str]:
     """Start the tracker on the main process and return TRL's `report_to` list (the same on every rank)."""
     if cfg.backend == "none":
@@ -41,8 +78,9 @@ def start_tracking(cfg: LoggerConfig, run_dir: Path, run_name: str, config: dict
     if is_main_process and wandb.run is None:
         # Initialised here (not by transformers' callback) so the run carries align's full config, tags and group;
         # the callback then reuses this run, and every metric is logged against train/global_step.
-        wandb.init(project=cfg.project, entity=cfg.entity, group=cfg.group, tags=list(cfg.tags) or None,
-                   name=run_name, dir=str(run_dir), config=redact(config), mode=cfg.mode)
+        group, name = sweep_names(cfg.group, run_name, _hydra_sweep())
+        wandb.init(project=cfg.project, entity=cfg.entity, group=group, tags=list(cfg.tags) or None,
+                   name=name, dir=str(run_dir), config=redact(config), mode=cfg.mode)
     return ["wandb"]
 
 

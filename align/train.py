@@ -499,6 +499,9 @@ def _user_errors() -> tuple[type[Exception], ...]:
 
 @hydra.main(config_path=str(CONFIGS_DIR), config_name="config", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
+    from align.cluster import adopt_slurm_environment
+
+    adopt_slurm_environment()  # under srun / the Slurm launcher: one process per task, rendezvous from Slurm
     try:
         run(cfg)
     except _user_errors() as err:
