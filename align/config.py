@@ -21,6 +21,7 @@ GRPO_LOSS_TYPES = ("grpo", "dapo", "dr_grpo", "bnpo")
 IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")  # "sequence" is GSPO
 SCALE_REWARDS = ("group", "batch", "none")
 LOGGER_BACKENDS = ("none", "wandb", "tensorboard")
+RESUME_MODES = ("never", "auto")
 SAGE_SCHEDULES = ("sage", "sage_light")
 SAGE_TRIGGERS = ("no_success", "zero_variance")
 SAGE_LIGHT_RULES = ("paper", "bidirectional")
@@ -387,6 +388,10 @@ class EvalConfig:
     max_new_tokens: int = 64
     batch_size: int = 64
     every_steps: int = 0  # 0 = only before and after
+    # At the end, test the final model against the starting one item by item (python -m align.gate on
+    # eval/step-0.jsonl vs the last eval/step-<N>.jsonl) and write <run_dir>/gate.json and gate.md.
+    gate: bool = True
+    gate_alpha: float = 0.05
 
 
 @dataclass
@@ -410,6 +415,9 @@ class AlignConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    # never: a new run directory every time. auto: continue from the newest complete checkpoint in the run directory
+    # (trainer.run_name / trainer.output_dir), or start there if it has none; what a requeued Slurm job runs.
+    resume: str = "never"
 
 
 ALGORITHMS = {"grpo": GRPOAlgorithmConfig, "sage": SAGEAlgorithmConfig, "fgrpo": FGRPOAlgorithmConfig,
@@ -465,6 +473,14 @@ def generation_batch_size(algo: GRPOAlgorithmConfig, trainer: TrainerConfig, pro
                   f"{source} {steps} = {size}")
 
 
+def _in_multirun() -> bool:
+    """A point of a Hydra sweep, whose default run name is stable (see align.train.shared_run_dir)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 def validate(cfg: AlignConfig, processes: int | None = None) -> None:
     """Check cross-field constraints; raise ConfigError naming the key and the fix. Loads nothing."""
     import torch
@@ -474,6 +490,12 @@ def validate(cfg: AlignConfig, processes: int | None = None) -> None:
     if getattr(algo, "name", None) not in ALGORITHMS:
         raise ConfigError(f"algorithm.name '{getattr(algo, 'name', None)}' is unknown; choose one of: "
                           f"{', '.join(ALGORITHMS)}.")
+    if cfg.resume not in RESUME_MODES:
+        raise ConfigError(f"resume must be one of {', '.join(RESUME_MODES)}, got {cfg.resume!r}.")
+    if cfg.resume == "auto" and not (t.run_name or t.output_dir or _in_multirun()):
+        raise ConfigError("resume=auto continues the run in a fixed directory, but the default run name has a "
+                          "timestamp; name the run: trainer.run_name=NAME (or trainer.output_dir=DIR). (Points of a "
+                          "sweep need no name: theirs is stable.)")
     for key in ("max_steps", "per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps"):
         _positive(f"trainer.{key}", getattr(t, key))
     if t.learning_rate <= 0:
@@ -497,6 +519,9 @@ def validate(cfg: AlignConfig, processes: int | None = None) -> None:
     if cfg.eval.every_steps < 0 or (cfg.eval.every_steps and cfg.eval.every_steps % t.logging_steps):
         raise ConfigError(f"eval.every_steps {cfg.eval.every_steps} must be 0 or a multiple of trainer.logging_steps "
                           f"{t.logging_steps}, so held-out accuracy is logged on the step it was measured.")
+    if not 0.0 < cfg.eval.gate_alpha < 1.0:
+        raise ConfigError(f"eval.gate_alpha is the gate's false-positive rate and must lie in (0, 1), got "
+                          f"{cfg.eval.gate_alpha}; 0.05 is usual.")
     if cfg.warm_start.max_steps < 0:
         raise ConfigError(f"warm_start.max_steps must be >= 0, got {cfg.warm_start.max_steps}.")
     if cfg.warm_start.max_steps and cfg.warm_start.hints_column and not isinstance(algo, SAGEAlgorithmConfig):

@@ -7,31 +7,100 @@ generates its share of the prompts, padded to equal counts so collective calls l
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Callable
 
 import torch
-from transformers import TrainerCallback
+from transformers import LogitsProcessor, LogitsProcessorList, TrainerCallback
+
+from align.rewards.verifiers import boxed_spans
+
+
+class _GreedyTokenLogprobs(LogitsProcessor):
+    """Records, at every decoding step, the log-probability of the token greedy decoding picks (the argmax).
+
+    Appended after generate's own processors, so it sees the distribution the token is chosen from; keeping one
+    value per row and step (not the logits) costs O(batch x steps) memory at any vocabulary size.
+    """
+
+    def __init__(self):
+        self.steps: list[torch.Tensor] = []
+
+    def __call__(self, input_ids, scores):
+        self.steps.append(torch.log_softmax(scores.float(), dim=-1).max(dim=-1).values)
+        return scores
+
+
+def answer_span(text: str) -> tuple[int, int]:
+    """Character span of the answer in a completion: the last closed `\\boxed{...}`'s content, else the whole
+    text without surrounding whitespace."""
+    spans, _ = boxed_spans(text)
+    if spans:
+        return spans[-1]
+    stripped = text.strip()
+    start = text.find(stripped) if stripped else 0
+    return start, start + len(stripped)
+
+
+def span_probability(token_ends: list[int], token_logprobs: list[float], span: tuple[int, int]) -> float:
+    """Probability the model gave the tokens that make up `span`: exp of the summed log-probs of every token whose
+    characters [previous end, end) overlap it. Falls back to all tokens when none does (an empty answer).
+
+    Args:
+        token_ends: end offset (in the decoded text) of each generated token, non-decreasing.
+        token_logprobs: the log-probability of each generated token.
+        span: (start, end) character offsets in the decoded text.
+    """
+    start, end = span
+    chosen, previous = [], 0
+    for token_end, logprob in zip(token_ends, token_logprobs):
+        if previous < end and token_end > start:
+            chosen.append(logprob)
+        previous = token_end
+    return float(math.exp(sum(chosen if chosen else token_logprobs)))
+
+
+def _token_ends(tokenizer, ids: list[int]) -> list[int]:
+    """Decoded-text end offset of each token (a prefix may decode shorter than the one before it when it cuts a
+    multi-byte character, hence the running maximum)."""
+    ends, longest = [], 0
+    for k in range(1, len(ids) + 1):
+        longest = max(longest, len(tokenizer.decode(ids[:k], skip_special_tokens=True)))
+        ends.append(longest)
+    return ends
 
 
 @torch.no_grad()
-def generate_greedy(model, tokenizer, prompts: list, max_new_tokens: int, batch_size: int) -> list[str]:
-    """Greedy completions (decoded, special tokens stripped) for chat-message `prompts`, in order."""
+def generate_greedy(model, tokenizer, prompts: list, max_new_tokens: int,
+                    batch_size: int) -> list[tuple[str, float]]:
+    """Greedy completions of chat-message `prompts`, in order, each with its answer confidence: decoded text
+    (special tokens stripped) and the probability of the answer's tokens (see `answer_span`, `span_probability`)."""
     texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
-    completions = []
+    results = []
     device = next(model.parameters()).device
+    stop_ids = {tokenizer.pad_token_id, tokenizer.eos_token_id} - {None}
     padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
     try:
         for start in range(0, len(texts), batch_size):
             batch = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
                               add_special_tokens=False).to(device)
+            recorder = _GreedyTokenLogprobs()
             output = model.generate(**batch, do_sample=False, max_new_tokens=max_new_tokens,
-                                    pad_token_id=tokenizer.pad_token_id, temperature=None, top_p=None, top_k=None)
-            new_tokens = output[:, batch["input_ids"].shape[1]:]
-            completions += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+                                    pad_token_id=tokenizer.pad_token_id, temperature=None, top_p=None, top_k=None,
+                                    logits_processor=LogitsProcessorList([recorder]))
+            new_tokens = output[:, batch["input_ids"].shape[1]:].tolist()
+            logprobs = torch.stack(recorder.steps, dim=1).tolist() if recorder.steps else [[] for _ in new_tokens]
+            for ids, row_logprobs in zip(new_tokens, logprobs):
+                # The completion ends at its first stop token; what follows is padding of a finished row.
+                length = next((i + 1 for i, t in enumerate(ids) if t in stop_ids), len(ids))
+                ids, row_logprobs = ids[:length], row_logprobs[:length]
+                text = tokenizer.decode(ids, skip_special_tokens=True)
+                confidence = span_probability(_token_ends(tokenizer, ids), row_logprobs, answer_span(text))
+                results.append((text, confidence))
     finally:
         tokenizer.padding_side = padding_side
-    return completions
+    return results
 
 
 def score(rows: list[dict], completions: list[str], verifier: Callable) -> list[float]:
@@ -43,7 +112,8 @@ def score(rows: list[dict], completions: list[str], verifier: Callable) -> list[
 
 def evaluate_held_out(trainer, tokenizer, rows: list[dict], verifier: Callable, max_new_tokens: int,
                       batch_size: int) -> list[dict]:
-    """Per-sample results `{index, prompt, answer, completion, score, correct}` on every rank, in row order."""
+    """Per-sample results `{doc_id, prompt, answer, completion, score, correct, confidence}` on every rank, in row
+    order (`doc_id` is the row's index in the held-out split)."""
     from accelerate.utils import gather_object
     from trl.models import unwrap_model_for_generation
 
@@ -56,38 +126,65 @@ def evaluate_held_out(trainer, tokenizer, rows: list[dict], verifier: Callable, 
     trainer.model.eval()
     try:
         with unwrap_model_for_generation(trainer.model, accelerator) as model:
-            completions = generate_greedy(model, tokenizer, [rows[i]["prompt"] for i in padded], max_new_tokens,
-                                          batch_size)
+            generated = generate_greedy(model, tokenizer, [rows[i]["prompt"] for i in padded], max_new_tokens,
+                                        batch_size)
     finally:
         trainer.model.train(was_training)
-    local = list(zip(padded, completions))[: len(indices)]
-    scored = score([rows[i] for i, _ in local], [c for _, c in local], verifier) if local else []
+    local = list(zip(padded, generated))[: len(indices)]
+    scored = score([rows[i] for i, _ in local], [c for _, (c, _) in local], verifier) if local else []
     results = [
-        {"index": i, "prompt": rows[i]["prompt"][-1]["content"], "answer": rows[i].get("answer"), "completion": c,
-         "score": s, "correct": s >= 1.0}
-        for (i, c), s in zip(local, scored)
+        {"doc_id": i, "prompt": rows[i]["prompt"][-1]["content"], "answer": rows[i].get("answer"), "completion": c,
+         "score": s, "correct": s >= 1.0, "confidence": confidence}
+        for (i, (c, confidence)), s in zip(local, scored)
     ]
-    return sorted(gather_object(results), key=lambda r: r["index"])
+    return sorted(gather_object(results), key=lambda r: r["doc_id"])
+
+
+SAMPLES_DIR = "eval"
+
+
+def samples_path(run_dir: Path, step: int) -> Path:
+    """Where the per-sample held-out results measured at optimizer step `step` are written."""
+    return Path(run_dir) / SAMPLES_DIR / f"step-{step}.jsonl"
+
+
+def write_samples(path: Path, results: list[dict], *, task: str, metric: str, step: int) -> None:
+    """Per-sample results as JSON lines `{task, doc_id, metric, score, correct, confidence, step, prompt, answer,
+    completion}`: the format `python -m align.gate` reads. Written to a temporary name and renamed, so a reader never
+    sees a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.name}.tmp")
+    with open(staging, "w") as f:
+        for row in results:
+            f.write(json.dumps({"task": task, "doc_id": row["doc_id"], "metric": metric, "score": row["score"],
+                                "correct": row["correct"], "confidence": row["confidence"], "step": step,
+                                "prompt": row["prompt"], "answer": row["answer"],
+                                "completion": row["completion"]}) + "\n")
+    staging.replace(path)
 
 
 class HeldOutAccuracy(TrainerCallback):
     """Measures held-out accuracy before training, every `every_steps` optimizer steps, and after training.
 
     Values go into the trainer's metrics as `heldout_accuracy` (logged on the optimizer-step axis) and into
-    `self.history` as (step, accuracy); the final per-sample results are written to `<run_dir>/heldout.jsonl`.
+    `self.history` as (step, accuracy); every measurement's per-sample results are written to
+    `<run_dir>/eval/step-<N>.jsonl` (see `write_samples`), so the final model can be gated against the starting one.
     """
 
     def __init__(self, trainer, tokenizer, rows: list[dict], verifier: Callable, run_dir: Path,
-                 max_new_tokens: int, batch_size: int, every_steps: int = 0):
+                 max_new_tokens: int, batch_size: int, every_steps: int = 0, *, task: str, metric: str):
         self.trainer, self.tokenizer, self.rows, self.verifier = trainer, tokenizer, rows, verifier
         self.run_dir, self.max_new_tokens, self.batch_size = run_dir, max_new_tokens, batch_size
-        self.every_steps = every_steps
+        self.every_steps, self.task, self.metric = every_steps, task, metric
         self.history: list[tuple[int, float]] = []
         self.last_results: list[dict] = []
 
     def measure(self, step: int) -> float:
         self.last_results = evaluate_held_out(self.trainer, self.tokenizer, self.rows, self.verifier,
                                               self.max_new_tokens, self.batch_size)
+        if self.trainer.accelerator.is_main_process:
+            write_samples(samples_path(self.run_dir, step), self.last_results, task=self.task, metric=self.metric,
+                          step=step)
         accuracy = sum(r["correct"] for r in self.last_results) / max(len(self.last_results), 1)
         self.history.append((step, accuracy))
         return accuracy
@@ -96,16 +193,16 @@ class HeldOutAccuracy(TrainerCallback):
         if not self.history:
             accuracy = self.measure(state.global_step)
             if self.trainer.accelerator.is_main_process:
-                print(f"[align] held-out accuracy before training (greedy, no hint): {accuracy:.3f}", flush=True)
+                when = f"at resume (step {state.global_step})" if state.global_step else "before training"
+                print(f"[align] held-out accuracy {when} (greedy, no hint): {accuracy:.3f}", flush=True)
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.every_steps and state.global_step % self.every_steps == 0 and state.global_step < state.max_steps:
             self.trainer._metrics["train"]["heldout_accuracy"].append(self.measure(state.global_step))
 
     def on_train_end(self, args, state, control, **kwargs):
+        if state.global_step < state.max_steps:
+            return  # stopped early (preemption): the run continues later, and measures at its real end
         accuracy = self.measure(state.global_step)
         if self.trainer.accelerator.is_main_process:
             print(f"[align] held-out accuracy after training (greedy, no hint): {accuracy:.3f}", flush=True)
-            with open(self.run_dir / "heldout.jsonl", "w") as f:
-                for row in self.last_results:
-                    f.write(json.dumps(row) + "\n")

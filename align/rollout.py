@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 
 import torch
@@ -62,14 +61,6 @@ def combine_rewards(rewards_per_func: torch.Tensor, weights: torch.Tensor) -> to
 def prompt_key(prompt) -> str:
     """A stable identity for a prompt (chat messages or text) across epochs, shuffles, ranks and restarts."""
     return hashlib.sha1(json.dumps(prompt, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def save_json_atomic(obj, path: str) -> None:
-    """Write JSON so that a crash mid-write leaves the previous file (or none), never a truncated one."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f)
-    os.replace(tmp, path)
 
 
 @dataclass

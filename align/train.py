@@ -17,6 +17,7 @@ import hashlib
 import inspect
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from align.config import (
     AlignConfig,
     ConfigError,
+    DataConfig,
     FGRPOAlgorithmConfig,
     FHALAlgorithmConfig,
     GRPOAlgorithmConfig,
@@ -98,36 +100,43 @@ def resolve_recipe_args(argv: list[str]) -> list[str]:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _hydra_context() -> tuple[str | None, int | None]:
-    """(recipe choice, multirun job number) when running under Hydra, else (None, None)."""
+def _hydra_context() -> tuple[str | None, int | None, str | None]:
+    """(recipe choice, multirun job number, sweep directory name) under Hydra; the last two only in a multirun."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     if not HydraConfig.initialized():
-        return None, None
+        return None, None, None
     hydra_cfg = HydraConfig.get()
-    return hydra_cfg.runtime.choices.get("recipe"), (hydra_cfg.job.num if hydra_cfg.mode == RunMode.MULTIRUN else None)
+    recipe = hydra_cfg.runtime.choices.get("recipe")
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return recipe, None, None
+    return recipe, hydra_cfg.job.num, Path(hydra_cfg.sweep.dir).name
 
 
 def shared_run_dir(config: AlignConfig, state) -> tuple[Path, str]:
     """Run directory and name, chosen on rank 0 and broadcast so every rank writes to the same place.
 
-    Default name: <recipe or algorithm>-<timestamp>; each point of a multirun sweep gets its job number appended
-    (to the name, or as a subdirectory of an explicit output_dir). A directory that already holds a run is refused
-    on every rank, so finished work is never overwritten.
+    Default name: <recipe or algorithm>-<timestamp>; in a multirun sweep <recipe or algorithm>-<sweep dir name>
+    (whose timestamp is fixed at submission, so a requeued point finds its directory again). Each point of a sweep
+    gets its job number appended (to the name, or as a subdirectory of an explicit output_dir). A directory that
+    already holds a run is refused on every rank, so finished work is never overwritten, unless resume=auto
+    continues it (with the same run-defining settings).
     """
     from accelerate.utils import broadcast_object_list
 
     t = config.trainer
     chosen = [None, None, None]  # directory, name, error
     if state.is_main_process:
-        recipe, job = _hydra_context()
-        name = t.run_name or f"{recipe or config.algorithm.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        recipe, job, sweep = _hydra_context()
+        name = t.run_name or f"{recipe or config.algorithm.name}-{sweep or time.strftime('%Y%m%d-%H%M%S')}"
         name = name if job is None else f"{name}-{job}"
         directory = Path(t.output_dir) / (str(job) if job is not None else "") if t.output_dir else \
             Path(t.output_root) / name
         chosen = [str(directory.resolve()), name, None]
-        if (directory / "config.yaml").exists():
+        if (directory / "config.yaml").exists() and config.resume == "auto":
+            chosen[2] = _changed_run_settings(directory / "config.yaml", config)
+        elif (directory / "config.yaml").exists():
             chosen[2] = (f"run directory {directory} already holds a run; choose another trainer.run_name or "
                          f"trainer.output_dir, or delete that directory.")
     if state.num_processes > 1:
@@ -135,6 +144,97 @@ def shared_run_dir(config: AlignConfig, state) -> tuple[Path, str]:
     if chosen[2]:
         raise ConfigError(chosen[2])
     return Path(chosen[0]), chosen[1]
+
+
+def eval_task_name(data: DataConfig) -> str:
+    """The task name held-out results are filed under: the data source (and subset / synthetic task)."""
+    if data.source == "synthetic":
+        return f"synthetic/{data.synthetic.task}"
+    return data.source + (f"/{data.subset}" if data.subset else "")
+
+
+def _gate_final_against_start(run_dir: Path, alpha: float) -> dict:
+    """Degradation gate of the final model against the starting one on the held-out items; writes gate.json and
+    gate.md into the run directory and prints the verdict. Reporting only: the run's exit status is not changed."""
+    from align.gate.align_results import step_files
+    from align.gate.cli import run_gate, write_reports
+
+    files = step_files(run_dir)  # step 0 is the starting model even when this attempt resumed later
+    first, last = min(files), max(files)
+    report = run_gate([files[first]], [files[last]], alpha=alpha)
+    write_reports(report, run_dir / "gate.json", run_dir / "gate.md")
+    verdict = "DEGRADED" if report["degraded"] else "no significant degradation"
+    print(f"[align] degradation gate, step {last} vs step {first}: {verdict} (one-sided p = {report['p_value']:.4g}, "
+          f"alpha {alpha}); report: {run_dir / 'gate.md'}", flush=True)
+    return {"degraded": report["degraded"], "p_value": report["p_value"], "report": str(run_dir / "gate.md")}
+
+
+# Sections that define what a run computes: resuming with any of them changed would silently mix two experiments.
+# trainer.* (e.g. a larger max_steps to train on), eval, logger and resume may change between attempts.
+_RUN_DEFINING = ("model", "data", "algorithm", "reward", "warm_start")
+
+
+def _changed_run_settings(saved_config: Path, config: AlignConfig) -> str | None:
+    """An error message when resuming `saved_config`'s run with settings that change what it computes, else None."""
+    from align.tracking import redact
+
+    saved = OmegaConf.to_container(OmegaConf.load(saved_config), resolve=True)
+    current = redact(OmegaConf.to_container(OmegaConf.structured(config), resolve=True))
+    changed = [key for key in _RUN_DEFINING if saved.get(key) != current.get(key)]
+    if not changed:
+        return None
+    return (f"resume=auto: the run in {saved_config.parent} was started with different {', '.join(changed)} "
+            f"settings (see its config.yaml); resuming would mix two experiments. Use the same settings, or another "
+            f"trainer.run_name for a new run.")
+
+
+def _resume_checkpoint(config: AlignConfig, run_dir: Path, state) -> str | None:
+    """With resume=auto, the newest complete checkpoint in the run directory (chosen on rank 0, shared), else None."""
+    from accelerate.utils import broadcast_object_list
+
+    from align.checkpoints import newest_complete_checkpoint
+
+    if config.resume != "auto":
+        return None
+    chosen = [None]
+    if state.is_main_process:
+        newest = newest_complete_checkpoint(run_dir)
+        chosen = [str(newest) if newest else None]
+        print(f"[align] resume=auto: continuing from {newest.name}" if newest else
+              "[align] resume=auto: no complete checkpoint yet, starting from the beginning", flush=True)
+    if state.num_processes > 1:
+        broadcast_object_list(chosen, from_process=0)
+    return chosen[0]
+
+
+def _train(trainer, checkpoint: str | None):
+    """`trainer.train()` from `checkpoint` (or the start) with preemption handling; the `Preemption` callback
+    (its `stopped_at` is set when a signal stopped training early)."""
+    from align.checkpoints import Preemption
+
+    preemption = Preemption(trainer.accelerator)
+    trainer.add_callback(preemption)
+    trainer.train(resume_from_checkpoint=checkpoint)
+    return preemption
+
+
+def _preempted_summary(trainer, config: AlignConfig, state, run_dir: Path, step: int) -> dict:
+    """Stop after a preemption save: requeue under Slurm; the summary carries the process's exit status."""
+    from align.checkpoints import EXIT_PREEMPTED, requeue_or_exit_code
+    from align.tracking import finish_tracking
+
+    finish_tracking(config.logger, state.is_main_process)
+    state.wait_for_everyone()
+    # Requeueing cancels this attempt at once (SIGTERM to every task, SIGKILL after KillWait): everything is saved
+    # and flushed by now, and the SIGTERM must not kill the processes before they leave the process group cleanly.
+    if os.environ.get("SLURM_JOB_ID"):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    code = EXIT_PREEMPTED
+    if state.is_main_process:
+        print(f"[align] stopped at step {step} on a preemption signal; checkpoint: {run_dir}/checkpoint-{step}. "
+              f"Run again with resume=auto to continue.", flush=True)
+        code = requeue_or_exit_code()
+    return {"run_dir": str(run_dir), "preempted_at": step, "exit_code": code}
 
 
 def _required_columns(config: AlignConfig) -> tuple[str, ...]:
@@ -245,6 +345,7 @@ def _open_run(config: AlignConfig, cfg: DictConfig, detail: str = ""):
 def run(cfg: DictConfig) -> dict:
     """Train as configured; return a summary (run_dir, held-out accuracy before/after, final model path)."""
     import torch
+    from transformers import set_seed
 
     from align.data import load_splits
     from align.evaluation import HeldOutAccuracy
@@ -257,6 +358,9 @@ def run(cfg: DictConfig) -> dict:
     config: AlignConfig = OmegaConf.to_object(cfg)
     validate(config)
     resolve_model_path(config.model.path)  # a missing local path fails here, before anything is loaded
+    # Seeded before any model is built: freshly initialised weights (a reward model's head, LoRA adapters) depend on
+    # trainer.seed alone, not on whatever ran before in this process (the Trainer seeds only once it exists).
+    set_seed(config.trainer.seed)
     if isinstance(config.algorithm, RewardModelAlgorithmConfig):
         return _run_reward_model(config, cfg)
     if isinstance(config.algorithm, MultiRefDPOAlgorithmConfig):
@@ -284,9 +388,10 @@ def run(cfg: DictConfig) -> dict:
                                chat_template=config.model.chat_template)
 
     state, run_dir, run_name, report_to = _open_run(config, cfg)
+    checkpoint = _resume_checkpoint(config, run_dir, state)
 
     model_path = config.model.path
-    if config.warm_start.max_steps:
+    if config.warm_start.max_steps and checkpoint is None:  # a checkpoint holds the warm-started weights' successors
         model_path = _warm_start(config, model_path, tokenizer, train_dataset, run_dir, run_name)
     model = load_causal_lm(model_path, dtype=config.model.dtype, revision=config.model.revision,
                            trust_remote_code=config.model.trust_remote_code,
@@ -320,10 +425,13 @@ def run(cfg: DictConfig) -> dict:
     if verifier is not None:
         rows = held_out.select(range(min(config.eval.max_samples, len(held_out)))).to_list()
         heldout = HeldOutAccuracy(trainer, tokenizer, rows, verifier, run_dir, config.eval.max_new_tokens,
-                                  config.eval.batch_size, config.eval.every_steps)
+                                  config.eval.batch_size, config.eval.every_steps, task=eval_task_name(config.data),
+                                  metric=config.eval.metric)
         trainer.add_callback(heldout)
 
-    trainer.train()
+    preemption = _train(trainer, checkpoint)
+    if preemption.stopped_at is not None:
+        return _preempted_summary(trainer, config, state, run_dir, preemption.stopped_at)
     _save_final(trainer, tokenizer, run_dir / "final")
 
     summary = {"run_dir": str(run_dir), "final_model": str(run_dir / "final")}
@@ -336,6 +444,8 @@ def run(cfg: DictConfig) -> dict:
         if heldout is not None:
             print(f"[align] held-out accuracy (greedy, no hint): {summary['accuracy_before']:.3f} -> "
                   f"{summary['accuracy_after']:.3f}", flush=True)
+            if config.eval.gate:
+                summary["gate"] = _gate_final_against_start(run_dir, config.eval.gate_alpha)
         print(f"[align] final model: {summary['final_model']}\n[align] plot: {plot}", flush=True)
     finish_tracking(config.logger, state.is_main_process)
     state.wait_for_everyone()
@@ -379,7 +489,9 @@ def _train_and_report(trainer, tokenizer, config: AlignConfig, state, run_dir: P
     from align.plotting import plot_training_curves
     from align.tracking import finish_tracking
 
-    trainer.train()
+    preemption = _train(trainer, _resume_checkpoint(config, run_dir, state))
+    if preemption.stopped_at is not None:
+        return _preempted_summary(trainer, config, state, run_dir, preemption.stopped_at)
     after = trainer.evaluate() if trainer.eval_dataset is not None else {}
     before = next((entry for entry in trainer.state.log_history if any(key in entry for key in metrics)), {})
     _save_final(trainer, tokenizer, run_dir / "final")
@@ -503,10 +615,14 @@ def _hydra_main(cfg: DictConfig) -> None:
 
     adopt_slurm_environment()  # under srun / the Slurm launcher: one process per task, rendezvous from Slurm
     try:
-        run(cfg)
+        summary = run(cfg)
     except _user_errors() as err:
         print(f"align: error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)
+    if "preempted_at" in summary:
+        # Exit, even with status 0 after a requeue: a normal return would make submitit record the point as done.
+        shutdown_distributed()
+        sys.exit(summary["exit_code"])
 
 
 def shutdown_distributed() -> None:

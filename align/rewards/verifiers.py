@@ -41,7 +41,7 @@ def completion_text(completion) -> str:
     return content if isinstance(content, str) else str(content)
 
 
-def _boxes(text: str) -> tuple[list[tuple[int, int]], bool]:
+def boxed_spans(text: str) -> tuple[list[tuple[int, int]], bool]:
     """(start, end) spans of the top-level `\\boxed{...}` contents, left to right, and whether all are closed.
 
     Escaped braces (`\\{`, `\\}`) do not count towards nesting. Scanning stops at the first unclosed box.
@@ -66,7 +66,7 @@ def extract_boxed(text: str) -> str | None:
     """Content of the last top-level `\\boxed{...}` in `text`, nested braces kept (`\\boxed{\\frac{1}{2}}`
     gives `\\frac{1}{2}`); None when there is none or when a box is left unclosed (a truncated final answer is
     no answer)."""
-    spans, closed = _boxes(text)
+    spans, closed = boxed_spans(text)
     if not spans or not closed:
         return None
     start, end = spans[-1]
@@ -182,7 +182,7 @@ def format_boxed(prompts, completions, completion_ids=None, **kwargs) -> list[fl
     rewards = []
     for completion in completions:
         text = completion_text(completion)
-        spans, closed = _boxes(text)
+        spans, closed = boxed_spans(text)
         well_formed = closed and len(spans) == 1 and len(_BOXED.findall(text)) == 1
         rewards.append(float(well_formed and _TRAILER.fullmatch(text, spans[0][1] + 1) is not None))
     return rewards

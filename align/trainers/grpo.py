@@ -27,9 +27,11 @@ import torch
 from accelerate.utils import gather_object
 from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
+from trl.trainer.utils import RepeatSampler
 
+from align.checkpoints import CompleteCheckpoints
 from align.config import GRPOAlgorithmConfig
-from align.rollout import SolvedPrompts, combine_rewards, group_stats, prompt_key, save_json_atomic
+from align.rollout import SolvedPrompts, combine_rewards, group_stats, prompt_key
 from align.timing import PhaseTimer
 
 
@@ -46,7 +48,20 @@ class _StepBoundaries(TrainerCallback):
         self.trainer._record_step_timing()
 
 
-class AlignGRPOTrainer(GRPOTrainer):
+class EpochSeededRepeatSampler(RepeatSampler):
+    """TRL's prompt sampler with each epoch's shuffle a function of (seed, epoch) alone.
+
+    TRL draws every epoch's permutation from one generator that advances epoch after epoch, so a resumed run (a fresh
+    sampler) would replay the first epoch's order in a later epoch. The Trainer calls `set_epoch` before each epoch,
+    also when it resumes; epoch 0 keeps TRL's order.
+    """
+
+    def set_epoch(self, epoch: int) -> None:
+        if self.shuffle:
+            self.generator.manual_seed((self.seed or 0) + epoch)
+
+
+class AlignGRPOTrainer(CompleteCheckpoints, GRPOTrainer):
     # Timed phases inside the rollout; a subclass that adds one (SAGE's hint generation) extends this tuple.
     _rollout_phases: tuple[str, ...] = ("generation", "reward", "ref_logprobs")
 
@@ -57,6 +72,13 @@ class AlignGRPOTrainer(GRPOTrainer):
         self._step_tokens = 0
         self.solved_prompts = SolvedPrompts()
         self.add_callback(_StepBoundaries(self))
+
+    def _get_train_sampler(self, dataset=None):
+        return EpochSeededRepeatSampler(
+            data_source=self.train_dataset if dataset is None else dataset, mini_repeat_count=self.num_generations,
+            batch_size=self.args.generation_batch_size // self.num_generations,
+            repeat_count=self.num_iterations * self.args.steps_per_generation, shuffle=self.shuffle_dataset,
+            seed=self.args.seed)
 
     @property
     def _mode(self) -> str:
@@ -109,7 +131,7 @@ class AlignGRPOTrainer(GRPOTrainer):
 
     # --- training state beyond TRL's: saved in every checkpoint, restored on resume -------------------------------
 
-    def _algorithm_state(self) -> dict[str, dict]:
+    def checkpoint_state(self) -> dict[str, dict]:
         """File name -> JSON state; subclasses add their own."""
         return {"prompt_stats.json": self.solved_prompts.state_dict()}
 
@@ -117,16 +139,9 @@ class AlignGRPOTrainer(GRPOTrainer):
         if name == "prompt_stats.json":
             self.solved_prompts.load_state_dict(state)
 
-    def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
-        if self.args.should_save:
-            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
-            for name, state in self._algorithm_state().items():
-                save_json_atomic(state, os.path.join(folder, name))
-
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)
-        for name in self._algorithm_state() if checkpoint else ():
+        for name in self.checkpoint_state() if checkpoint else ():
             path = os.path.join(checkpoint, name)
             if os.path.exists(path):
                 with open(path) as f:

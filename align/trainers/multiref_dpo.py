@@ -41,8 +41,8 @@ import torch.nn.functional as F
 from transformers import TrainerCallback
 from trl import DPOTrainer
 
+from align.checkpoints import CompleteCheckpoints
 from align.config import MULTIREF_WEIGHTINGS
-from align.rollout import save_json_atomic
 
 # --------------------------------------------------------------------------------------------------------------------
 # Losses
@@ -335,7 +335,7 @@ class _StepHooks(TrainerCallback):
         self.trainer.end_weighting_step()
 
 
-class MultiRefDPOTrainer(DPOTrainer):
+class MultiRefDPOTrainer(CompleteCheckpoints, DPOTrainer):
     """TRL's DPOTrainer trained against K precomputed references with MRPO or MDPO and a weighting strategy.
 
     align owns the data path: `train_dataset` rows hold the policy's `prompt_ids` / `chosen_ids` / `rejected_ids`
@@ -502,14 +502,8 @@ class MultiRefDPOTrainer(DPOTrainer):
     def algorithm_state(self) -> dict:
         return {"weighting": self.weighting.state_dict(), "subset_rng": self.subset_rng.bit_generator.state}
 
-    def _save_checkpoint(self, model, trial):
-        # Written before the trainer's own files (trainer_state.json last, then the rotation of old checkpoints),
-        # so a checkpoint that looks complete always holds the strategy state of its step.
-        if self.args.should_save:
-            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
-            os.makedirs(folder, exist_ok=True)
-            save_json_atomic(self.algorithm_state(), os.path.join(folder, STATE_FILE))
-        super()._save_checkpoint(model, trial)
+    def checkpoint_state(self) -> dict[str, dict]:
+        return {STATE_FILE: self.algorithm_state()}
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)

@@ -103,6 +103,7 @@ import torch
 import torch.nn.functional as F
 from trl import RewardTrainer
 
+from align.checkpoints import CompleteCheckpoints
 from align.numerics import upcast
 
 log = logging.getLogger(__name__)
@@ -677,7 +678,7 @@ class RewardCollator:
 # Trainers
 
 
-class AlignRewardTrainer(RewardTrainer):
+class AlignRewardTrainer(CompleteCheckpoints, RewardTrainer):
     """Pairwise reward models on TRL's RewardTrainer: Bradley-Terry (TRL's loss) and the anchor-guided Gaussian model.
 
     Only the loss changes (`compute_loss`); the inputs arrive tokenized (`reward_input_ids`) with per-pair soft

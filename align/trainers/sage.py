@@ -351,8 +351,8 @@ class AlignSAGETrainer(AlignGRPOTrainer):
         local, self._final_rewards = self._final_rewards, None
         return self.accelerator.gather(local)  # scored during the rollout, on the unhinted prompts
 
-    def _algorithm_state(self) -> dict[str, dict]:
-        return {**super()._algorithm_state(), STATE_FILE: self.hint_state.state_dict()}
+    def checkpoint_state(self) -> dict[str, dict]:
+        return {**super().checkpoint_state(), STATE_FILE: self.hint_state.state_dict()}
 
     def _load_algorithm_state(self, name: str, state: dict) -> None:
         if name == STATE_FILE:

@@ -8,6 +8,8 @@ from __future__ import annotations
 from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
+from align.checkpoints import CompleteCheckpoints
+
 
 def to_prompt_completion(dataset: Dataset, completion_column: str) -> Dataset:
     """Rows `{prompt: messages, completion: [assistant message]}` built from `completion_column`."""
@@ -15,6 +17,10 @@ def to_prompt_completion(dataset: Dataset, completion_column: str) -> Dataset:
         return {"prompt": row["prompt"], "completion": [{"role": "assistant", "content": row[completion_column]}]}
 
     return dataset.map(convert, remove_columns=dataset.column_names)
+
+
+class AlignSFTTrainer(CompleteCheckpoints, SFTTrainer):
+    """TRL's SFT trainer with checkpoints that are marked complete once fully written."""
 
 
 def build_sft_trainer(model, tokenizer, train_dataset: Dataset, completion_column: str | None, max_length: int,
@@ -26,5 +32,5 @@ def build_sft_trainer(model, tokenizer, train_dataset: Dataset, completion_colum
         train_dataset = to_prompt_completion(train_dataset, completion_column)
     args = SFTConfig(**{**common_args, "max_length": max_length, "completion_only_loss": True,
                         "remove_unused_columns": True, **(trl_overrides or {})})
-    return SFTTrainer(model=model, args=args, train_dataset=train_dataset,
+    return AlignSFTTrainer(model=model, args=args, train_dataset=train_dataset,
                       processing_class=tokenizer, callbacks=callbacks, peft_config=peft_config)

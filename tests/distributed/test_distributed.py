@@ -40,7 +40,7 @@ def test_grpo_two_processes(config, engine, tmp_path):
     state = json.loads((run_dir / "trainer_state.json").read_text())
     assert [e["step"] for e in state["log_history"] if "loss" in e] == [1, 2]
     # held-out results gathered from both ranks, every row exactly once
-    indices = [json.loads(line)["index"] for line in (run_dir / "heldout.jsonl").read_text().splitlines()]
+    indices = [json.loads(line)["doc_id"] for line in (run_dir / "eval" / "step-2.jsonl").read_text().splitlines()]
     assert indices == list(range(6))
 
 

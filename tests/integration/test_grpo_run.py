@@ -25,13 +25,19 @@ def test_grpo_run_leaves_a_complete_run_directory(tiny_run):
     summary = run(compose(tiny_run + ["eval.every_steps=1"]))
     run_dir = Path(summary["run_dir"])
     for artefact in ("config.yaml", "final/model.safetensors", "final/tokenizer_config.json", "curves.png",
-                     "heldout.jsonl", "trainer_state.json"):
+                     "eval/step-0.jsonl", "eval/step-2.jsonl", "gate.json", "gate.md", "trainer_state.json"):
         assert (run_dir / artefact).exists(), artefact
     assert not [p for p in (run_dir / "final").iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl")], "no pickles"
     model = AutoModelForCausalLM.from_pretrained(run_dir / "final")  # plain transformers loads it
     assert model.config.model_type == "qwen2"
     assert 0.0 <= summary["accuracy_before"] <= 1.0 and 0.0 <= summary["accuracy_after"] <= 1.0
-    assert len((run_dir / "heldout.jsonl").read_text().splitlines()) == 8
+    for step in (0, 1, 2):  # before training, every step, after
+        rows = [json.loads(line) for line in (run_dir / f"eval/step-{step}.jsonl").read_text().splitlines()]
+        assert [r["doc_id"] for r in rows] == list(range(8)) and {r["task"] for r in rows} == {"synthetic/arithmetic"}
+        assert all(r["step"] == step and r["metric"] == "boxed_match" and 0.0 <= r["confidence"] <= 1.0 for r in rows)
+    gate = json.loads((run_dir / "gate.json").read_text())
+    assert gate["baseline"][0].endswith("step-0.jsonl") and gate["candidate"][0].endswith("step-2.jsonl")
+    assert summary["gate"]["degraded"] == gate["degraded"] and gate["tasks"][0]["n"] == 8
 
 
 def test_every_optimizer_step_logs_group_phase_and_throughput_metrics(tiny_run):

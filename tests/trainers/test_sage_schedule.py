@@ -6,8 +6,9 @@ import json
 import pytest
 import torch
 
+from align.checkpoints import write_json_atomic
 from align.config import HintConfig
-from align.rollout import SolvedPrompts, combine_rewards, group_stats, save_json_atomic
+from align.rollout import SolvedPrompts, combine_rewards, group_stats
 from align.trainers.sage import (
     HintState,
     collapsed,
@@ -185,7 +186,7 @@ def test_hint_state_and_solved_prompts_round_trip_through_json(tmp_path):
     state.update("b", 0)
     state.update("a", 3)  # a failed hint leaves the last good one in place
     path = tmp_path / "sage_state.json"
-    save_json_atomic(state.state_dict(), str(path))
+    write_json_atomic(state.state_dict(), path)
     restored = HintState()
     restored.load_state_dict(json.loads(path.read_text()))
     assert restored == state and restored.levels == {"a": 3, "b": 0} and restored.last_hints == {"a": LEVELS}

@@ -1,0 +1,5 @@
+import sys
+
+from align.gate.cli import main
+
+sys.exit(main())
