@@ -6,6 +6,7 @@ looks like a credential is redacted before a config is written to disk or sent t
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from pathlib import Path
@@ -64,8 +65,17 @@ def _hydra_sweep() -> dict | None:
             "exclude": list(hydra_cfg.job.config.override_dirname.exclude_keys)}
 
 
-def start_tracking(cfg: LoggerConfig, run_dir: Path, run_name: str, config: dict, is_main_process: bool) -> list[str]:
-    """Start the tracker on the main process and return TRL's `report_to` list (the same on every rank)."""
+def resumable_run_id(run_dir: Path) -> str:
+    """A W&B run id fixed by the run directory: every attempt of a resumed run (resume=auto) logs to one W&B run."""
+    return hashlib.sha256(str(Path(run_dir).resolve()).encode()).hexdigest()[:16]
+
+
+def start_tracking(cfg: LoggerConfig, run_dir: Path, run_name: str, config: dict, is_main_process: bool,
+                   resumable: bool = False) -> list[str]:
+    """Start the tracker on the main process and return TRL's `report_to` list (the same on every rank).
+
+    `resumable` (resume=auto): W&B continues the run of an earlier attempt in the same directory, if there is one.
+    """
     if cfg.backend == "none":
         return []
     if cfg.backend == "tensorboard":
@@ -80,7 +90,8 @@ def start_tracking(cfg: LoggerConfig, run_dir: Path, run_name: str, config: dict
         # the callback then reuses this run, and every metric is logged against train/global_step.
         group, name = sweep_names(cfg.group, run_name, _hydra_sweep())
         wandb.init(project=cfg.project, entity=cfg.entity, group=group, tags=list(cfg.tags) or None,
-                   name=name, dir=str(run_dir), config=redact(config), mode=cfg.mode)
+                   name=name, dir=str(run_dir), config=redact(config), mode=cfg.mode,
+                   **({"id": resumable_run_id(run_dir), "resume": "allow"} if resumable else {}))
     return ["wandb"]
 
 

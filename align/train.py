@@ -339,7 +339,8 @@ def _open_run(config: AlignConfig, cfg: DictConfig, detail: str = ""):
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
         print(f"[align] run directory: {run_dir} ({state.num_processes} process(es), "
               f"{state.distributed_type.value}){detail}", flush=True)
-    return state, run_dir, run_name, start_tracking(config.logger, run_dir, run_name, resolved, state.is_main_process)
+    return state, run_dir, run_name, start_tracking(config.logger, run_dir, run_name, resolved, state.is_main_process,
+                                                    resumable=config.resume == "auto")
 
 
 def run(cfg: DictConfig) -> dict:

@@ -149,3 +149,18 @@ def test_periodic_checkpoints_are_hf_format_with_trainer_state(tiny_run):
         assert (checkpoint / "model.safetensors").exists() and (checkpoint / "trainer_state.json").exists()
         assert json.loads((checkpoint / "trainer_state.json").read_text())["global_step"] == step
         AutoModelForCausalLM.from_pretrained(checkpoint)
+
+
+def test_attempts_of_a_resumed_run_log_to_one_wandb_run(tiny_run, tmp_path, monkeypatch):
+    import wandb
+
+    from align.tracking import resumable_run_id
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    out = tmp_path / "resumable"
+    for steps in (1, 2):  # the second attempt continues the first from its checkpoint
+        run(compose(tiny_run + ["logger=wandb", "eval.enabled=false", f"trainer.output_dir={out}", "resume=auto",
+                                f"trainer.max_steps={steps}", "trainer.save_steps=1"]))
+        wandb.teardown()
+    attempts = sorted(p.name for p in (out / "wandb").glob("offline-run-*"))
+    assert len(attempts) == 2 and all(name.endswith(f"-{resumable_run_id(out)}") for name in attempts)
