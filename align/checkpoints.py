@@ -46,6 +46,21 @@ def write_json_atomic(obj, path: Path) -> None:
     os.replace(staging, path)
 
 
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(folder: Path) -> None:
+    """Flush every file under `folder`, and the directories, to disk."""
+    for path in sorted(Path(folder).rglob("*"), reverse=True) + [Path(folder)]:
+        if not path.is_symlink() and path.exists():
+            _fsync(path)
+
+
 def is_complete(checkpoint: Path) -> bool:
     return (Path(checkpoint) / COMPLETE_MARKER).is_file()
 
@@ -101,59 +116,81 @@ class CompleteCheckpoints:
         if self.args.should_save:
             for name, state in self.checkpoint_state().items():
                 write_json_atomic(state, folder / name)
+        fsync_tree(folder)  # every rank: what it wrote is on disk before the marker says so (node failures)
         self.accelerator.wait_for_everyone()  # every rank's shards are written
         if self.args.should_save:
             write_json_atomic({"step": self.state.global_step, "processes": self.accelerator.num_processes},
                               folder / COMPLETE_MARKER)
+            _fsync(folder)  # the marker's directory entry
             rotate_checkpoints(output_dir=str(folder.parent), save_total_limit=limit,
                                best_model_checkpoint=self.state.best_model_checkpoint)
 
 
 class Preemption(TrainerCallback):
-    """On SIGUSR1 / SIGTERM: save a checkpoint at the end of the current optimizer step and stop training.
+    """SIGUSR1 / SIGTERM: save a checkpoint at the end of an optimizer step and stop training.
 
-    Ranks may receive the signal at different steps, so each step ends with an all-reduce (max) of the flag and
-    all of them stop at the same step. The handlers are installed for the duration of training only.
+    Use as a context manager around `trainer.train()` (the handlers are installed for its whole duration, including
+    checkpoint loading and the first evaluation, and restored however it ends), and register it before callbacks
+    that do expensive work at step ends, which skip when `control.should_training_stop` is set.
+
+    Ranks may receive the signal at different steps, so each step ends with an all-reduce (max) of the request and
+    all of them stop at the same step. A trainer whose state is only consistent every `step_multiple` optimizer
+    steps (GRPO reusing one generation over several steps) stops at the next such step. A request on the last step
+    still saves a checkpoint there. SIGUSR1 (Slurm's `--signal`, sent before the time limit) asks for a requeue;
+    SIGTERM (preemption, scancel) only saves: a preempting Slurm requeues the job by itself, a cancelled job ends.
     """
 
-    def __init__(self, accelerator):
-        self.accelerator = accelerator
-        self.requested = False
+    def __init__(self, accelerator, step_multiple: int = 1):
+        self.accelerator, self.step_multiple = accelerator, step_multiple
+        self.received: int = 0  # the signal number, set by the handler (which does nothing else: it is async)
         self.stopped_at: int | None = None
+        self.requeue = False
         self._previous = {}
 
     def _handle(self, signum, frame):
-        self.requested = True
-        print(f"[align] received {signal.Signals(signum).name}: saving a checkpoint at the end of this step, then "
-              f"stopping", flush=True)
+        self.received = self.received or signum
 
-    def on_train_begin(self, args, state, control, **kwargs):
+    def __enter__(self):
         self._previous = {s: signal.signal(s, self._handle) for s in PREEMPTION_SIGNALS}
+        return self
 
-    def on_step_end(self, args, state, control, **kwargs):
-        flag = torch.tensor([float(self.requested)], device=self.accelerator.device)
-        if self.accelerator.num_processes > 1:
-            flag = self.accelerator.reduce(flag, reduction="max")
-        if flag.item() and state.global_step < state.max_steps:
-            control.should_save = True
-            control.should_training_stop = True
-            self.stopped_at = state.global_step
-
-    def on_train_end(self, args, state, control, **kwargs):
+    def __exit__(self, *exc):
         for s, handler in self._previous.items():
             signal.signal(s, handler)
 
+    def on_step_end(self, args, state, control, **kwargs):
+        # (requested, asks for a requeue), agreed over the ranks
+        flags = torch.tensor([float(bool(self.received)), float(self.received == signal.SIGUSR1)],
+                             device=self.accelerator.device)
+        if self.accelerator.num_processes > 1:
+            flags = self.accelerator.reduce(flags, reduction="max")
+        requested, requeue = (bool(v) for v in flags.tolist())
+        if not requested or (state.global_step % self.step_multiple and state.global_step < state.max_steps):
+            return
+        control.should_save = True
+        if state.global_step < state.max_steps:
+            control.should_training_stop = True
+            self.stopped_at, self.requeue = state.global_step, requeue
+            if self.accelerator.is_main_process:
+                name = signal.Signals(self.received).name if self.received else "a signal on another rank"
+                print(f"[align] received {name}: saving a checkpoint at step {state.global_step}, then stopping",
+                      flush=True)
 
-def requeue_or_exit_code() -> int:
-    """After a preemption save: ask Slurm to requeue this job (it then restarts with the same command, which
-    resumes with resume=auto); returns the exit status the process should end with."""
+
+def requeue_or_exit_code(requeue: bool) -> int:
+    """After a preemption save: with `requeue` and under Slurm, ask Slurm to requeue this job (it restarts with the
+    same command, which resumes with resume=auto) and return 0; otherwise EXIT_PREEMPTED ("run me again")."""
     job = os.environ.get("SLURM_JOB_ID")
-    if not job:
+    if not (requeue and job):
         return EXIT_PREEMPTED
-    result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
-    if result.returncode:
-        print(f"[align] scontrol requeue {job} failed ({result.stderr.strip()}); resubmit the job with "
-              f"resume=auto to continue", flush=True)
+    try:
+        result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+        problem = result.stderr.strip() if result.returncode else None
+    except OSError as err:  # no scontrol on this node
+        problem = str(err)
+    if problem:
+        print(f"[align] scontrol requeue {job} failed ({problem}); resubmit the job with resume=auto to continue",
+              flush=True)
         return EXIT_PREEMPTED
     print(f"[align] Slurm job {job} requeued; it resumes from the checkpoint", flush=True)
     return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
@@ -555,6 +556,14 @@ def _validate_passthrough(cfg: AlignConfig) -> None:
                 raise ConfigError(f"{key}.{name} is not a field of TRL's {trl_class.__name__}.{hint}")
 
 
+def generation_cycle_steps(algo: GRPOAlgorithmConfig, trainer: TrainerConfig) -> int:
+    """Optimizer steps after which a GRPO generation is used up (TRL reuses one generated batch for
+    steps_per_generation x num_iterations micro-batches): the steps where a checkpoint holds no buffered rollout."""
+    accumulation = trainer.gradient_accumulation_steps
+    micro_steps = (algo.steps_per_generation or accumulation) * algo.num_iterations
+    return micro_steps // math.gcd(micro_steps, accumulation)
+
+
 def _validate_grpo(cfg: AlignConfig, algo: GRPOAlgorithmConfig, processes: int) -> None:
     _one_of("algorithm.loss_type", algo.loss_type, GRPO_LOSS_TYPES)
     _one_of("algorithm.importance_sampling_level", algo.importance_sampling_level, IMPORTANCE_SAMPLING_LEVELS)
@@ -564,6 +573,12 @@ def _validate_grpo(cfg: AlignConfig, algo: GRPOAlgorithmConfig, processes: int) 
                           f"got {algo.num_generations}.")
     _positive("algorithm.max_completion_length", algo.max_completion_length)
     _positive("algorithm.num_iterations", algo.num_iterations)
+    multiple = generation_cycle_steps(algo, cfg.trainer)
+    if cfg.trainer.save_steps % multiple:
+        raise ConfigError(
+            f"trainer.save_steps {cfg.trainer.save_steps} must be a multiple of {multiple}: one generation is used "
+            f"for {multiple} optimizer steps (algorithm.steps_per_generation x algorithm.num_iterations over "
+            f"trainer.gradient_accumulation_steps), and a checkpoint inside that cycle could not be resumed exactly.")
     if algo.beta < 0:
         raise ConfigError(f"algorithm.beta must be >= 0, got {algo.beta}.")
     size, arithmetic = generation_batch_size(algo, cfg.trainer, processes)

@@ -6,6 +6,8 @@ generates its share of the prompts, padded to equal counts so collective calls l
 
 from __future__ import annotations
 
+import bisect
+import functools
 import json
 import math
 from pathlib import Path
@@ -43,32 +45,28 @@ def answer_span(text: str) -> tuple[int, int]:
     return start, start + len(stripped)
 
 
-def span_probability(token_ends: list[int], token_logprobs: list[float], span: tuple[int, int]) -> float:
+def span_probability(prefix_length: Callable[[int], int], token_logprobs: list[float],
+                     span: tuple[int, int]) -> float:
     """Probability the model gave the tokens that make up `span`: exp of the summed log-probs of every token whose
-    characters [previous end, end) overlap it. Falls back to all tokens when none does (an empty answer).
+    characters [prefix_length(k), prefix_length(k + 1)) overlap it; all tokens when none does (an empty answer).
 
     Args:
-        token_ends: end offset (in the decoded text) of each generated token, non-decreasing.
+        prefix_length: decoded length of the first k tokens, non-decreasing in k; called O(log n) times (two
+            binary searches), so long completions cost a few decodes, not one per token.
         token_logprobs: the log-probability of each generated token.
         span: (start, end) character offsets in the decoded text.
     """
     start, end = span
-    chosen, previous = [], 0
-    for token_end, logprob in zip(token_ends, token_logprobs):
-        if previous < end and token_end > start:
-            chosen.append(logprob)
-        previous = token_end
-    return float(math.exp(sum(chosen if chosen else token_logprobs)))
+    n = len(token_logprobs)
+    lo = bisect.bisect_left(range(n), True, key=lambda k: prefix_length(k + 1) > start)
+    hi = bisect.bisect_left(range(n), True, key=lambda k: prefix_length(k) >= end)
+    chosen = token_logprobs[lo:hi] if lo < hi else token_logprobs
+    return float(math.exp(sum(chosen)))
 
 
-def _token_ends(tokenizer, ids: list[int]) -> list[int]:
-    """Decoded-text end offset of each token (a prefix may decode shorter than the one before it when it cuts a
-    multi-byte character, hence the running maximum)."""
-    ends, longest = [], 0
-    for k in range(1, len(ids) + 1):
-        longest = max(longest, len(tokenizer.decode(ids[:k], skip_special_tokens=True)))
-        ends.append(longest)
-    return ends
+def decoded_prefix_length(tokenizer, ids: list[int]) -> Callable[[int], int]:
+    """k -> length of the first k tokens decoded (special tokens skipped), memoised."""
+    return functools.cache(lambda k: len(tokenizer.decode(ids[:k], skip_special_tokens=True)))
 
 
 @torch.no_grad()
@@ -96,7 +94,8 @@ def generate_greedy(model, tokenizer, prompts: list, max_new_tokens: int,
                 length = next((i + 1 for i, t in enumerate(ids) if t in stop_ids), len(ids))
                 ids, row_logprobs = ids[:length], row_logprobs[:length]
                 text = tokenizer.decode(ids, skip_special_tokens=True)
-                confidence = span_probability(_token_ends(tokenizer, ids), row_logprobs, answer_span(text))
+                confidence = span_probability(decoded_prefix_length(tokenizer, ids), row_logprobs,
+                                              answer_span(text))
                 results.append((text, confidence))
     finally:
         tokenizer.padding_side = padding_side
@@ -163,6 +162,18 @@ def write_samples(path: Path, results: list[dict], *, task: str, metric: str, st
     staging.replace(path)
 
 
+def measured_history(run_dir: Path, up_to: int) -> list[tuple[int, float]]:
+    """(step, accuracy) of the per-sample files already in `run_dir` for steps <= `up_to`, by step."""
+    from align.gate.align_results import step_files
+
+    history = []
+    for step, path in sorted(step_files(run_dir).items()):
+        if step <= up_to:
+            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            history.append((step, sum(r["correct"] for r in rows) / max(len(rows), 1)))
+    return history
+
+
 class HeldOutAccuracy(TrainerCallback):
     """Measures held-out accuracy before training, every `every_steps` optimizer steps, and after training.
 
@@ -190,13 +201,26 @@ class HeldOutAccuracy(TrainerCallback):
         return accuracy
 
     def on_train_begin(self, args, state, control, **kwargs):
-        if not self.history:
+        if self.history:
+            return
+        # A resumed run continues the history its earlier attempts wrote, and measures the resumed model only if no
+        # attempt did at this step.
+        from accelerate.utils import broadcast_object_list
+
+        main = self.trainer.accelerator.is_main_process
+        history = [measured_history(self.run_dir, up_to=state.global_step) if main else None]  # ranks agree
+        if self.trainer.accelerator.num_processes > 1:
+            broadcast_object_list(history, from_process=0)
+        self.history = history[0]
+        if not (self.history and self.history[-1][0] == state.global_step):
             accuracy = self.measure(state.global_step)
             if self.trainer.accelerator.is_main_process:
                 when = f"at resume (step {state.global_step})" if state.global_step else "before training"
                 print(f"[align] held-out accuracy {when} (greedy, no hint): {accuracy:.3f}", flush=True)
 
     def on_step_end(self, args, state, control, **kwargs):
+        if control.should_training_stop:
+            return  # stopping early (preemption): no time for an evaluation
         if self.every_steps and state.global_step % self.every_steps == 0 and state.global_step < state.max_steps:
             self.trainer._metrics["train"]["heldout_accuracy"].append(self.measure(state.global_step))
 

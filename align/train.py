@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import inspect
+import json
 import logging
 import os
 import signal
@@ -158,10 +159,15 @@ def _gate_final_against_start(run_dir: Path, alpha: float) -> dict:
     gate.md into the run directory and prints the verdict. Reporting only: the run's exit status is not changed."""
     from align.gate.align_results import step_files
     from align.gate.cli import run_gate, write_reports
+    from align.gate.samples import GateInputError
 
     files = step_files(run_dir)  # step 0 is the starting model even when this attempt resumed later
     first, last = min(files), max(files)
-    report = run_gate([files[first]], [files[last]], alpha=alpha)
+    try:
+        report = run_gate([files[first]], [files[last]], alpha=alpha)
+    except (GateInputError, ValueError, OSError) as err:  # e.g. eval settings changed between resumed attempts
+        log.warning("degradation gate skipped: %s", err)
+        return {"error": str(err)}
     write_reports(report, run_dir / "gate.json", run_dir / "gate.md")
     verdict = "DEGRADED" if report["degraded"] else "no significant degradation"
     print(f"[align] degradation gate, step {last} vs step {first}: {verdict} (one-sided p = {report['p_value']:.4g}, "
@@ -169,18 +175,21 @@ def _gate_final_against_start(run_dir: Path, alpha: float) -> dict:
     return {"degraded": report["degraded"], "p_value": report["p_value"], "report": str(run_dir / "gate.md")}
 
 
-# Sections that define what a run computes: resuming with any of them changed would silently mix two experiments.
-# trainer.* (e.g. a larger max_steps to train on), eval, logger and resume may change between attempts.
-_RUN_DEFINING = ("model", "data", "algorithm", "reward", "warm_start")
+# Settings that define what a run computes, or the data order a checkpoint's position refers to: resuming with any of
+# them changed would silently mix two experiments. The rest of trainer.* (e.g. a larger max_steps to train further,
+# save_steps), eval, logger and resume may change between attempts.
+_RUN_DEFINING = ("model", "data", "algorithm", "reward", "warm_start", "trainer.seed",
+                 "trainer.per_device_train_batch_size", "trainer.gradient_accumulation_steps")
 
 
 def _changed_run_settings(saved_config: Path, config: AlignConfig) -> str | None:
     """An error message when resuming `saved_config`'s run with settings that change what it computes, else None."""
     from align.tracking import redact
 
-    saved = OmegaConf.to_container(OmegaConf.load(saved_config), resolve=True)
-    current = redact(OmegaConf.to_container(OmegaConf.structured(config), resolve=True))
-    changed = [key for key in _RUN_DEFINING if saved.get(key) != current.get(key)]
+    saved = OmegaConf.load(saved_config)
+    current = OmegaConf.create(redact(OmegaConf.to_container(OmegaConf.structured(config), resolve=True)))
+    changed = [key for key in _RUN_DEFINING
+               if OmegaConf.select(saved, key, default=None) != OmegaConf.select(current, key, default=None)]
     if not changed:
         return None
     return (f"resume=auto: the run in {saved_config.parent} was started with different {', '.join(changed)} "
@@ -192,18 +201,26 @@ def _resume_checkpoint(config: AlignConfig, run_dir: Path, state) -> str | None:
     """With resume=auto, the newest complete checkpoint in the run directory (chosen on rank 0, shared), else None."""
     from accelerate.utils import broadcast_object_list
 
-    from align.checkpoints import newest_complete_checkpoint
+    from align.checkpoints import COMPLETE_MARKER, newest_complete_checkpoint
 
     if config.resume != "auto":
         return None
-    chosen = [None]
+    chosen = [None, None]  # checkpoint, error
     if state.is_main_process:
         newest = newest_complete_checkpoint(run_dir)
-        chosen = [str(newest) if newest else None]
-        print(f"[align] resume=auto: continuing from {newest.name}" if newest else
-              "[align] resume=auto: no complete checkpoint yet, starting from the beginning", flush=True)
+        chosen = [str(newest) if newest else None, None]
+        processes = json.loads((newest / COMPLETE_MARKER).read_text()).get("processes") if newest else None
+        if processes not in (None, state.num_processes):
+            chosen[1] = (f"resume=auto: {newest} was written by {processes} processes, this launch has "
+                         f"{state.num_processes}; optimizer shards and the data split across ranks depend on it. "
+                         f"Launch {processes} processes to resume.")
+        else:
+            print(f"[align] resume=auto: continuing from {newest.name}" if newest else
+                  "[align] resume=auto: no complete checkpoint yet, starting from the beginning", flush=True)
     if state.num_processes > 1:
         broadcast_object_list(chosen, from_process=0)
+    if chosen[1]:
+        raise ConfigError(chosen[1])
     return chosen[0]
 
 
@@ -212,29 +229,37 @@ def _train(trainer, checkpoint: str | None):
     (its `stopped_at` is set when a signal stopped training early)."""
     from align.checkpoints import Preemption
 
-    preemption = Preemption(trainer.accelerator)
-    trainer.add_callback(preemption)
-    trainer.train(resume_from_checkpoint=checkpoint)
+    preemption = Preemption(trainer.accelerator, getattr(trainer, "checkpoint_step_multiple", 1))
+    # Right after the Trainer's flow callback: callbacks that evaluate at step ends see the stop and skip.
+    trainer.callback_handler.callbacks.insert(1, preemption)
+    with preemption:
+        trainer.train(resume_from_checkpoint=checkpoint)
     return preemption
 
 
-def _preempted_summary(trainer, config: AlignConfig, state, run_dir: Path, step: int) -> dict:
-    """Stop after a preemption save: requeue under Slurm; the summary carries the process's exit status."""
-    from align.checkpoints import EXIT_PREEMPTED, requeue_or_exit_code
+def _preempted_summary(config: AlignConfig, state, run_dir: Path, preemption) -> dict:
+    """Stop after a preemption save (requeueing the job when SIGUSR1 asked for it under Slurm); the summary carries
+    the exit status every rank ends with."""
+    from accelerate.utils import broadcast_object_list
+
+    from align.checkpoints import requeue_or_exit_code
     from align.tracking import finish_tracking
 
+    if os.environ.get("SLURM_JOB_ID"):
+        # A requeue (or the preemption itself) sends SIGTERM to every task, SIGKILL after KillWait: it must not
+        # kill a process before the tracker is flushed and the process group left cleanly.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    step = preemption.stopped_at
     finish_tracking(config.logger, state.is_main_process)
     state.wait_for_everyone()
-    # Requeueing cancels this attempt at once (SIGTERM to every task, SIGKILL after KillWait): everything is saved
-    # and flushed by now, and the SIGTERM must not kill the processes before they leave the process group cleanly.
-    if os.environ.get("SLURM_JOB_ID"):
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    code = EXIT_PREEMPTED
+    code = [None]
     if state.is_main_process:
         print(f"[align] stopped at step {step} on a preemption signal; checkpoint: {run_dir}/checkpoint-{step}. "
               f"Run again with resume=auto to continue.", flush=True)
-        code = requeue_or_exit_code()
-    return {"run_dir": str(run_dir), "preempted_at": step, "exit_code": code}
+        code = [requeue_or_exit_code(preemption.requeue)]
+    if state.num_processes > 1:  # one status for all: srun --kill-on-bad-exit would end rank 0 early otherwise
+        broadcast_object_list(code, from_process=0)
+    return {"run_dir": str(run_dir), "preempted_at": step, "exit_code": code[0]}
 
 
 def _required_columns(config: AlignConfig) -> tuple[str, ...]:
@@ -392,8 +417,13 @@ def run(cfg: DictConfig) -> dict:
     checkpoint = _resume_checkpoint(config, run_dir, state)
 
     model_path = config.model.path
-    if config.warm_start.max_steps and checkpoint is None:  # a checkpoint holds the warm-started weights' successors
+    if config.warm_start.max_steps and checkpoint is None:
         model_path = _warm_start(config, model_path, tokenizer, train_dataset, run_dir, run_name)
+    elif config.warm_start.max_steps:  # resuming: the warm-started model stays the base (and the KL reference)
+        model_path = str(run_dir / "warm_start" / "final")
+        if not (Path(model_path) / "config.json").is_file():
+            raise ConfigError(f"resume=auto: {model_path} is missing, but this run's checkpoints were trained from "
+                              f"its warm start; restore it, or start a new run (another trainer.run_name).")
     model = load_causal_lm(model_path, dtype=config.model.dtype, revision=config.model.revision,
                            trust_remote_code=config.model.trust_remote_code,
                            attn_implementation=config.model.attn_implementation,
@@ -432,7 +462,7 @@ def run(cfg: DictConfig) -> dict:
 
     preemption = _train(trainer, checkpoint)
     if preemption.stopped_at is not None:
-        return _preempted_summary(trainer, config, state, run_dir, preemption.stopped_at)
+        return _preempted_summary(config, state, run_dir, preemption)
     _save_final(trainer, tokenizer, run_dir / "final")
 
     summary = {"run_dir": str(run_dir), "final_model": str(run_dir / "final")}
@@ -492,7 +522,7 @@ def _train_and_report(trainer, tokenizer, config: AlignConfig, state, run_dir: P
 
     preemption = _train(trainer, _resume_checkpoint(config, run_dir, state))
     if preemption.stopped_at is not None:
-        return _preempted_summary(trainer, config, state, run_dir, preemption.stopped_at)
+        return _preempted_summary(config, state, run_dir, preemption)
     after = trainer.evaluate() if trainer.eval_dataset is not None else {}
     before = next((entry for entry in trainer.state.log_history if any(key in entry for key in metrics)), {})
     _save_final(trainer, tokenizer, run_dir / "final")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -37,6 +38,16 @@ def resolve(path: Path) -> Path:
     return path
 
 
+def item_id(row: dict) -> str:
+    """The row's index in the held-out split, tagged with a hash of its question and answer: two runs whose
+    held-out splits differ (another data seed, size or source) then differ in ids and are refused, never paired
+    question against wrong question."""
+    if "prompt" not in row:
+        return str(row["doc_id"])
+    content = json.dumps([row["prompt"], row.get("answer")], sort_keys=True, default=str)
+    return f"{row['doc_id']}:{hashlib.sha256(content.encode()).hexdigest()[:10]}"
+
+
 def read_align_samples(path: Path) -> list[Sample]:
     """Samples of one align result file (or a run directory's final one).
 
@@ -57,9 +68,13 @@ def read_align_samples(path: Path) -> list[Sample]:
         missing = [key for key in _REQUIRED if not isinstance(row, dict) or key not in row]
         if missing:
             raise GateInputError(f"{file}:{number} lacks {', '.join(missing)}: not an align per-sample result line")
-        confidence = row.get("confidence")
-        samples.append(Sample(str(row["task"]), str(row["doc_id"]), str(row["metric"]), float(row["score"]),
-                              None if confidence is None else float(confidence)))
+        try:
+            score = float(row["score"])
+            confidence = None if row.get("confidence") is None else float(row["confidence"])
+        except (TypeError, ValueError):
+            raise GateInputError(f"{file}:{number}: score / confidence must be numbers, got {row['score']!r} / "
+                                 f"{row.get('confidence')!r}") from None
+        samples.append(Sample(str(row["task"]), item_id(row), str(row["metric"]), score, confidence))
     if not samples:
         raise GateInputError(f"{file} holds no samples")
     return samples

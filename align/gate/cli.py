@@ -94,9 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = run_gate(args.baseline, args.candidate, alpha=args.alpha, aggregate=args.aggregate,
                           metric=args.metric, permutations=args.permutations, seed=args.seed, bins=args.bins)
-    except (GateInputError, ValueError) as err:
+        write_reports(report, args.json, args.markdown)
+    except (GateInputError, ValueError, OSError) as err:  # never exit 1 ("degraded") for a problem of the inputs
         print(f"align.gate: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    write_reports(report, args.json, args.markdown)
     print(markdown(report), end="")
     return EXIT_DEGRADED if report["degraded"] else EXIT_OK

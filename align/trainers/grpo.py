@@ -21,6 +21,7 @@ next to TRL's own `reward`, `reward_std`, `rewards/<source>/mean`, `kl`, `entrop
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import torch
@@ -73,12 +74,30 @@ class AlignGRPOTrainer(CompleteCheckpoints, GRPOTrainer):
         self.solved_prompts = SolvedPrompts()
         self.add_callback(_StepBoundaries(self))
 
+    _prompt_sampler = None
+
     def _get_train_sampler(self, dataset=None):
-        return EpochSeededRepeatSampler(
+        self._prompt_sampler = EpochSeededRepeatSampler(
             data_source=self.train_dataset if dataset is None else dataset, mini_repeat_count=self.num_generations,
             batch_size=self.args.generation_batch_size // self.num_generations,
             repeat_count=self.num_iterations * self.args.steps_per_generation, shuffle=self.shuffle_dataset,
             seed=self.args.seed)
+        return self._prompt_sampler
+
+    @property
+    def checkpoint_step_multiple(self) -> int:
+        """Optimizer steps per generation cycle: a preemption stops (and checkpoints) only at a multiple of it, where
+        no generated batch is buffered (TRL does not checkpoint its buffer)."""
+        accumulation = self.args.gradient_accumulation_steps
+        micro_steps = self.args.steps_per_generation * self.num_iterations
+        return micro_steps // math.gcd(micro_steps, accumulation)
+
+    def _run_epoch(self, model, epoch, *args, **kwargs):
+        # The Trainer's set_epoch does not reach the sampler through accelerate's shard + skip wrappers (a
+        # multi-process run resumed mid-epoch): set it here, before the epoch's iterator is made.
+        if isinstance(self._prompt_sampler, EpochSeededRepeatSampler):
+            self._prompt_sampler.set_epoch(epoch)
+        return super()._run_epoch(model, epoch, *args, **kwargs)
 
     @property
     def _mode(self) -> str:

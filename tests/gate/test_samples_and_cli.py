@@ -85,11 +85,15 @@ def test_answer_span_is_the_last_box_content_else_the_stripped_text():
 
 
 def test_span_probability_multiplies_the_probabilities_of_the_overlapping_tokens():
-    # tokens "ab" "c" "de" (ends 2, 3, 5); span "cd" = chars [2, 4) overlaps tokens 2 and 3
+    # tokens "ab" "c" "de" (prefix lengths 0, 2, 3, 5); span "cd" = chars [2, 4) overlaps tokens 2 and 3
     logprobs = [math.log(0.5), math.log(0.8), math.log(0.25)]
-    assert span_probability([2, 3, 5], logprobs, (2, 4)) == pytest.approx(0.8 * 0.25)
-    assert span_probability([2, 3, 5], logprobs, (0, 1)) == pytest.approx(0.5)
-    assert span_probability([2, 3, 5], logprobs, (5, 5)) == pytest.approx(0.5 * 0.8 * 0.25), "empty answer: all"
+    prefix = [0, 2, 3, 5].__getitem__
+    assert span_probability(prefix, logprobs, (2, 4)) == pytest.approx(0.8 * 0.25)
+    assert span_probability(prefix, logprobs, (0, 1)) == pytest.approx(0.5)
+    assert span_probability(prefix, logprobs, (3, 5)) == pytest.approx(0.25)
+    assert span_probability(prefix, logprobs, (5, 5)) == pytest.approx(0.5 * 0.8 * 0.25), "empty answer: all"
+    # a zero-width token (a special token, decoded to nothing) inside the span counts too
+    assert span_probability([0, 2, 2, 5].__getitem__, logprobs, (1, 3)) == pytest.approx(0.5 * 0.8 * 0.25)
 
 
 def test_greedy_confidence_is_the_models_probability_of_its_answer_tokens():
@@ -97,7 +101,7 @@ def test_greedy_confidence_is_the_models_probability_of_its_answer_tokens():
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from align.evaluation import _token_ends, generate_greedy
+    from align.evaluation import decoded_prefix_length, generate_greedy
     from align.models import ensure_tiny
 
     tiny_model_path = ensure_tiny()
@@ -117,18 +121,19 @@ def test_greedy_confidence_is_the_models_probability_of_its_answer_tokens():
             logits = model(torch.tensor([prompt_ids + ids])).logits[0, len(prompt_ids) - 1:-1]
         logprobs = torch.log_softmax(logits, -1).gather(-1, torch.tensor(ids)[:, None])[:, 0].tolist()
         assert text == tokenizer.decode(ids, skip_special_tokens=True)
-        expected = span_probability(_token_ends(tokenizer, ids), logprobs, answer_span(text))
+        expected = span_probability(decoded_prefix_length(tokenizer, ids), logprobs, answer_span(text))
         assert 0.0 < confidence <= 1.0
         assert math.log(confidence) == pytest.approx(math.log(expected), abs=1e-3)
 
 
 # --- align's result files -------------------------------------------------------------------------------------------
 
-def align_run(tmp_path: Path, name: str, step_scores: dict[int, list[float]], task="synthetic/arithmetic") -> Path:
+def align_run(tmp_path: Path, name: str, step_scores: dict[int, list[float]], task="synthetic/arithmetic",
+              question="q{}") -> Path:
     run_dir = tmp_path / name
     for step, scores in step_scores.items():
-        rows = [{"doc_id": i, "prompt": "p", "answer": "a", "completion": "c", "score": s, "correct": s >= 1,
-                 "confidence": 0.5} for i, s in enumerate(scores)]
+        rows = [{"doc_id": i, "prompt": question.format(i), "answer": "a", "completion": "c", "score": s,
+                 "correct": s >= 1, "confidence": 0.5} for i, s in enumerate(scores)]
         write_samples(samples_path(run_dir, step), rows, task=task, metric="boxed_match", step=step)
     return run_dir
 
@@ -136,8 +141,9 @@ def align_run(tmp_path: Path, name: str, step_scores: dict[int, list[float]], ta
 def test_a_run_directory_means_its_last_measurement(tmp_path):
     run_dir = align_run(tmp_path, "run", {0: [0, 0], 10: [1, 0], 2: [0, 1]})
     got = read_align_samples(run_dir)
-    assert [(s.task, s.doc_id, s.metric, s.score, s.confidence) for s in got] == [
-        ("synthetic/arithmetic", "0", "boxed_match", 1.0, 0.5), ("synthetic/arithmetic", "1", "boxed_match", 0.0, 0.5)]
+    assert [(s.task, s.metric, s.score, s.confidence) for s in got] == [
+        ("synthetic/arithmetic", "boxed_match", 1.0, 0.5), ("synthetic/arithmetic", "boxed_match", 0.0, 0.5)]
+    assert [s.doc_id.split(":")[0] for s in got] == ["0", "1"], "the row index, tagged with a content hash"
     assert not list((run_dir / "eval").glob(".*")), "no staging file left behind"
 
 
@@ -149,6 +155,16 @@ def test_malformed_align_lines_are_refused_with_file_and_line(tmp_path):
     path.write_text(json.dumps({"task": "t", "doc_id": 0, "score": 1}) + "\n")
     with pytest.raises(GateInputError, match=r"step-0.jsonl:1 lacks metric"):
         read_align_samples(path)
+    path.write_text(json.dumps({"task": "t", "doc_id": 0, "metric": "m", "score": None}) + "\n")
+    with pytest.raises(GateInputError, match=r"step-0.jsonl:1: score / confidence must be numbers"):
+        read_align_samples(path)
+
+
+def test_runs_whose_held_out_questions_differ_are_refused_not_paired(tmp_path):
+    a = align_run(tmp_path, "a", {0: [1, 0, 1]}, question="q{}")
+    b = align_run(tmp_path, "b", {0: [1, 0, 1]}, question="other question {}")
+    with pytest.raises(GateInputError, match="different documents"):
+        run_gate([a], [b])
 
 
 # --- report and command line ----------------------------------------------------------------------------------------

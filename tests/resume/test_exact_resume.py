@@ -21,7 +21,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from align.checkpoints import COMPLETE_MARKER, newest_complete_checkpoint
+from align.checkpoints import COMPLETE_MARKER, Preemption, newest_complete_checkpoint
 from align.train import run
 from tests.conftest import SAGE_TEMPLATES, compose
 
@@ -180,3 +180,49 @@ def test_prompt_order_of_a_later_epoch_does_not_depend_on_the_epochs_before():
     assert epochs[0] == list(RepeatSampler(**kwargs)), "first epoch as TRL orders it"
     assert epochs[1] != epochs[0] and epochs[2] != epochs[1], "a new shuffle every epoch"
     assert order(EpochSeededRepeatSampler(**kwargs), 2) == epochs[2], "a fresh sampler (a resume) agrees"
+
+
+class _Accelerator:
+    device, num_processes, is_main_process = "cpu", 1, True
+
+
+def _step_end(callback, step: int, max_steps: int = 10):
+    from types import SimpleNamespace
+
+    from transformers import TrainerControl
+
+    control = TrainerControl()
+    callback.on_step_end(None, SimpleNamespace(global_step=step, max_steps=max_steps), control)
+    return control
+
+
+def test_a_signal_stops_training_at_the_next_consistent_step_and_only_usr1_asks_for_a_requeue():
+    previous = signal.getsignal(signal.SIGUSR1)
+    with Preemption(_Accelerator(), step_multiple=2) as preemption:
+        assert not _step_end(preemption, 1).should_save, "no signal, nothing to do"
+        os.kill(os.getpid(), signal.SIGUSR1)  # the real handler, installed by the context
+        control = _step_end(preemption, 3)
+        assert not control.should_save and not control.should_training_stop, "inside a generation cycle: wait"
+        control = _step_end(preemption, 4)
+        assert control.should_save and control.should_training_stop
+        assert (preemption.stopped_at, preemption.requeue) == (4, True)
+    assert signal.getsignal(signal.SIGUSR1) == previous, "handlers restored"
+    with Preemption(_Accelerator()) as preemption:
+        preemption._handle(signal.SIGTERM, None)
+        _step_end(preemption, 3)
+        assert (preemption.stopped_at, preemption.requeue) == (3, False), "SIGTERM saves but does not requeue"
+    with Preemption(_Accelerator(), step_multiple=4) as preemption:
+        preemption._handle(signal.SIGUSR1, None)
+        control = _step_end(preemption, 9, max_steps=9)
+        assert control.should_save and preemption.stopped_at is None, "the last step still saves; training ends"
+
+
+def test_checkpoints_inside_a_generation_cycle_are_refused():
+    from align.config import ConfigError, validate
+
+    cfg = compose(GRPO + ["trainer.gradient_accumulation_steps=1", "algorithm.num_iterations=2",
+                          "trainer.save_steps=3"])
+    with pytest.raises(ConfigError, match="trainer.save_steps 3 must be a multiple of 2"):
+        from omegaconf import OmegaConf
+
+        validate(OmegaConf.to_object(cfg))
