@@ -166,3 +166,34 @@ def test_multiref_dpo_tsw_zero3_two_processes(tmp_path):
     state = json.loads((run_dir / "checkpoint-2" / "multiref_state.json").read_text())
     assert [arm for arm, _ in state["weighting"]["history"]] == arms[:2]
     assert (run_dir / "final" / "model.safetensors").exists()
+
+
+def test_two_process_grpo_resumes_exactly_mid_epoch_after_the_first(tmp_path):
+    """Resume mid-epoch in a later epoch under DDP: the prompt sampler sits behind accelerate's shard and skip
+    wrappers there, and must still get its epoch (else the first epoch's order would be replayed)."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    from tests.resume.test_exact_resume import DENSE_REWARD, losses
+
+    # 3 prompts x 4 completions = one epoch per 3 steps (2 prompts per step over both ranks); checkpoint 4 is
+    # one step into the second epoch.
+    args = ["-m", "align.train", "trainer.max_steps=7", "trainer.save_steps=2", "trainer.save_total_limit=5",
+            "trainer.per_device_train_batch_size=4", "algorithm.num_generations=4",
+            "algorithm.max_completion_length=16", "data.synthetic.num_train=6", "eval.enabled=false", DENSE_REWARD]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    launch("cpu_ddp.yaml", args + [f"trainer.output_dir={straight}"])
+    resumed.mkdir()
+    shutil.copy(straight / "config.yaml", resumed / "config.yaml")
+    shutil.copytree(straight / "checkpoint-4", resumed / "checkpoint-4")  # as if stopped right after saving it
+    result = launch("cpu_ddp.yaml", args + [f"trainer.output_dir={resumed}", "resume=auto"])
+    assert "resume=auto: continuing from checkpoint-4" in result.stdout
+    a, b = losses(straight), losses(resumed)
+    assert sorted(b) == list(range(1, 8))
+    for step in range(5, 8):
+        assert b[step] == pytest.approx(a[step], rel=1e-6, abs=1e-6), f"loss of step {step}"
+    weights_a, weights_b = (load_file(d / "final" / "model.safetensors") for d in (straight, resumed))
+    for key in weights_a:
+        torch.testing.assert_close(weights_b[key], weights_a[key], rtol=0, atol=1e-6, msg=key)
