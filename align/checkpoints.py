@@ -20,6 +20,7 @@ import re
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -151,6 +152,9 @@ class Preemption(TrainerCallback):
         self.received = self.received or signum
 
     def __enter__(self):
+        if threading.current_thread() is not threading.main_thread():  # Python delivers signals to the main thread
+            log.warning("training runs outside the main thread: SIGUSR1 / SIGTERM will not checkpoint and stop it")
+            return self
         self._previous = {s: signal.signal(s, self._handle) for s in PREEMPTION_SIGNALS}
         return self
 
