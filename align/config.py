@@ -474,12 +474,14 @@ def generation_batch_size(algo: GRPOAlgorithmConfig, trainer: TrainerConfig, pro
                   f"{source} {steps} = {size}")
 
 
-def _in_multirun() -> bool:
-    """A point of a Hydra sweep, whose default run name is stable (see align.train.shared_run_dir)."""
+def hydra_multirun():
+    """Hydra's runtime config when this process runs a point of a multirun sweep, else None."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    return HydraConfig.get()
 
 
 def validate(cfg: AlignConfig, processes: int | None = None) -> None:
@@ -493,7 +495,7 @@ def validate(cfg: AlignConfig, processes: int | None = None) -> None:
                           f"{', '.join(ALGORITHMS)}.")
     if cfg.resume not in RESUME_MODES:
         raise ConfigError(f"resume must be one of {', '.join(RESUME_MODES)}, got {cfg.resume!r}.")
-    if cfg.resume == "auto" and not (t.run_name or t.output_dir or _in_multirun()):
+    if cfg.resume == "auto" and not (t.run_name or t.output_dir or hydra_multirun()):
         raise ConfigError("resume=auto continues the run in a fixed directory, but the default run name has a "
                           "timestamp; name the run: trainer.run_name=NAME (or trainer.output_dir=DIR). (Points of a "
                           "sweep need no name: theirs is stable.)")

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from align.config import LoggerConfig
+from align.config import LoggerConfig, hydra_multirun
 
 # Whole key names (or their last `_`-separated part): `hf_token`, `wandb_api_key`, `password`; not `max_new_tokens`.
 _SECRET_KEY = re.compile(r"(^|[_-])(api[_-]?key|token|secret|password|passwd|credentials?)$", re.IGNORECASE)
@@ -55,12 +55,9 @@ def sweep_names(group: str | None, run_name: str, sweep: dict | None) -> tuple[s
 
 def _hydra_sweep() -> dict | None:
     """This process's sweep (see `sweep_names`), or None when not a point of a Hydra multirun."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+    hydra_cfg = hydra_multirun()
+    if hydra_cfg is None:
         return None
-    hydra_cfg = HydraConfig.get()
     return {"dir": hydra_cfg.sweep.dir, "overrides": list(hydra_cfg.overrides.task),
             "exclude": list(hydra_cfg.job.config.override_dirname.exclude_keys)}
 

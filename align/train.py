@@ -37,6 +37,7 @@ from align.config import (
     RewardModelAlgorithmConfig,
     SAGEAlgorithmConfig,
     SFTAlgorithmConfig,
+    hydra_multirun,
     register_configs,
     validate,
 )
@@ -104,15 +105,12 @@ def resolve_recipe_args(argv: list[str]) -> list[str]:
 def _hydra_context() -> tuple[str | None, int | None, str | None]:
     """(recipe choice, multirun job number, sweep directory name) under Hydra; the last two only in a multirun."""
     from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
 
     if not HydraConfig.initialized():
         return None, None, None
-    hydra_cfg = HydraConfig.get()
-    recipe = hydra_cfg.runtime.choices.get("recipe")
-    if hydra_cfg.mode != RunMode.MULTIRUN:
-        return recipe, None, None
-    return recipe, hydra_cfg.job.num, Path(hydra_cfg.sweep.dir).name
+    recipe = HydraConfig.get().runtime.choices.get("recipe")
+    sweep = hydra_multirun()
+    return (recipe, None, None) if sweep is None else (recipe, sweep.job.num, Path(sweep.sweep.dir).name)
 
 
 def shared_run_dir(config: AlignConfig, state) -> tuple[Path, str]:

@@ -5,6 +5,7 @@ Following Kübler et al., "When LLMs get significantly worse: A statistical appr
 (exact McNemar for 0/1 scores, a sign-flip permutation test otherwise) cancel the per-item difficulty that makes
 unpaired comparisons noisy, so small real degradations are detected while the false-positive rate stays at the chosen
 alpha. Results across tasks are combined by one of three aggregations (pooled items, per-task tests with
-Holm-Bonferroni, or a task-weighted permutation test). The statistics live in `align.gate.stats`; this package will
-also hold the command line, `python -m align.gate`.
+Holm-Bonferroni, or a task-weighted permutation test). Layout: `stats` (the tests, pure numpy), `samples` (the `Sample`
+data model and item pairing), one reader per result format (`align_results`, `lm_eval`), `report` (JSON and
+markdown), `cli` (`python -m align.gate`). See docs/gate.md.
 """
