@@ -254,6 +254,7 @@ class RewardDataConfig:
     votes_columns: Optional[List[str]] = None  # [votes for chosen, votes for rejected] or + [ties] (ties count half)
     score_columns: Optional[List[str]] = None  # external scores of [chosen, rejected]: anchors at percentiles
     anchor_columns: Optional[List[str]] = None  # ordinal labels 0..K of [chosen, rejected], given directly
+    margin_column: Optional[str] = None  # bradley_terry: per-pair margin m in -log sigmoid(r_w - r_l - m)
     # Observational feedback (causal_rm): one row per shown response.
     response_column: str = "response"
     observed_column: str = "observed"  # 1 = the user gave feedback, 0 = no feedback
@@ -694,6 +695,9 @@ def _validate_reward_model(cfg: AlignConfig, algo: RewardModelAlgorithmConfig) -
     _pair_of_columns("algorithm.data.votes_columns", data.votes_columns, (2, 3))
     _pair_of_columns("algorithm.data.score_columns", data.score_columns)
     _pair_of_columns("algorithm.data.anchor_columns", data.anchor_columns)
+    if data.margin_column and algo.objective != "bradley_terry":
+        raise ConfigError(f"algorithm.data.margin_column is a margin in the Bradley-Terry loss; objective "
+                          f"'{algo.objective}' does not use it. Unset it or use algorithm.objective=bradley_terry.")
     if data.label_column and data.votes_columns:
         raise ConfigError("Set algorithm.data.label_column (soft labels) or algorithm.data.votes_columns, not both.")
     if data.score_columns and data.anchor_columns:

@@ -10,6 +10,9 @@
                     ties (s == 0.5) carry no preference and are dropped (counted in `info["dropped_ties"]`).
     score_chosen/score_rejected    finite floats, only with `score_columns` (external scores: anchors at percentiles)
     anchor_chosen/anchor_rejected  ints >= 0, only with `anchor_columns` (ordinal anchors given directly)
+    margin          finite float, only with `margin_column`: how far `chosen` should score above `rejected` in the
+                    Bradley-Terry loss (e.g. a rating difference); it follows the pair's orientation (negated when a
+                    pair is swapped), so it is always chosen-over-rejected
   feedback (causal_rm), one row per shown response, from `prepare_feedback`:
     prompt, response, observed (0/1: did the user give feedback), label (the noisy 0/1 feedback where observed, 0 as
     a placeholder where not), propensity (float in (0, 1], only with `propensity_column`), true_label (0/1, held-out
@@ -224,13 +227,16 @@ def soft_label_from_votes(chosen: float, rejected: float, ties: float = 0) -> fl
 def orient(row: dict) -> dict | None:
     """Orient a pair so that `chosen` is preferred: soft_label > 0.5 is returned as is; < 0.5 swaps chosen and
     rejected together with every `X_chosen` / `X_rejected` column pair (scores, anchors, truth) and maps s -> 1 - s;
-    a tie (0.5) carries no preference and gives None (the pair is dropped). Returns a new dict when it swaps."""
+    a tie (0.5) carries no preference and gives None (the pair is dropped); a `margin` is negated on a swap. Returns
+    a new dict when it swaps."""
     s = row["soft_label"]
     if abs(s - 0.5) <= 1e-9:  # exact for vote shares; label columns may carry 0.5 with rounding noise
         return None
     if s > 0.5:
         return row
     swapped = dict(row, soft_label=1.0 - s, chosen=row["rejected"], rejected=row["chosen"])
+    if "margin" in row:  # a margin of the first response over the second
+        swapped["margin"] = -row["margin"]
     for key in row:
         if key.endswith("_chosen") and f"{key[:-len('_chosen')]}_rejected" in row:
             other = f"{key[:-len('_chosen')]}_rejected"
@@ -317,8 +323,9 @@ def _pair_columns(cfg: RewardDataConfig) -> dict[str, str]:
         names.update({f"response_columns[{i}]": c for i, c in enumerate(cfg.response_columns)})
     else:
         names.update(chosen_column=cfg.chosen_column, rejected_column=cfg.rejected_column)
-    if cfg.label_column:
-        names["label_column"] = cfg.label_column
+    for key in ("label_column", "margin_column"):
+        if getattr(cfg, key):
+            names[key] = getattr(cfg, key)
     for key in ("votes_columns", "score_columns", "anchor_columns"):
         names.update({f"{key}[{i}]": c for i, c in enumerate(getattr(cfg, key) or ())})
     return names
@@ -391,6 +398,12 @@ def prepare_pairs(rows: list[dict], cfg: RewardDataConfig, where: str = "the rew
                 raise DataError(f"{where} row {i}: anchor '{column}' is {raw[column]!r}, not a non-negative integer "
                                 f"(an ordinal label 0..K); clean that row or set {KEY}.anchor_columns.")
             row[f"anchor_{side}"] = anchor
+        if cfg.margin_column:
+            margin = _number(raw[cfg.margin_column])
+            if margin is None:
+                raise DataError(f"{where} row {i}: margin '{cfg.margin_column}' is {raw[cfg.margin_column]!r}, not a "
+                                f"finite number; clean that row or set {KEY}.margin_column.")
+            row["margin"] = margin
         oriented = orient(row)
         if oriented is None:
             ties += 1

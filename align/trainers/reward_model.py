@@ -647,7 +647,7 @@ def pad_right(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, to
 
 
 PAIR_FIELDS = {"soft_label": torch.float32, "anchor_chosen": torch.long, "anchor_rejected": torch.long,
-               "anchor_mask": torch.bool}
+               "anchor_mask": torch.bool, "margin": torch.float32}
 FEEDBACK_FIELDS = {"observed": torch.long, "label": torch.long, "propensity": torch.float32,
                    "imputed": torch.float32, "true_label": torch.long}
 
@@ -733,7 +733,8 @@ class AlignRewardTrainer(CompleteCheckpoints, RewardTrainer):
         else:
             mu_w, mu_l = heads[:, 0].chunk(2)
             var_w = var_l = None
-            loss = bradley_terry_loss(mu_w, mu_l)  # TRL's loss; soft labels only orient the pair
+            # TRL's loss (with the data's margins, if any); soft labels only orient the pair
+            loss = bradley_terry_loss(mu_w, mu_l, inputs.get("margin"))
             if self.args.center_rewards_coefficient is not None:
                 loss = loss + self.args.center_rewards_coefficient * ((mu_w + mu_l) ** 2).mean()
             prob = torch.sigmoid(mu_w - mu_l)

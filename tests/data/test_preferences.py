@@ -144,6 +144,16 @@ def test_orient_swaps_the_pair_with_its_scores_and_anchors_and_drops_ties():
                            "score_rejected": 1.0, "anchor_chosen": 2, "anchor_rejected": 0}
     assert orient(dict(row, soft_label=0.8)) == dict(row, soft_label=0.8)
     assert orient(dict(row, soft_label=0.5)) is None
+    assert orient(dict(row, margin=1.5))["margin"] == -1.5  # a margin of the first response over the second
+    assert orient(dict(row, soft_label=0.8, margin=1.5))["margin"] == 1.5
+
+
+def test_pairs_carry_a_margin_column_oriented_with_the_pair():
+    rows = [{"prompt": "x", "chosen": "a", "rejected": "b", "share": 0.9, "m": 2},
+            {"prompt": "y", "chosen": "a", "rejected": "b", "share": 0.2, "m": -1.5}]  # swapped: margin 1.5
+    pairs, _ = prepare_pairs(rows, RewardDataConfig(label_column="share", margin_column="m"))
+    assert [(p["chosen"], p["margin"]) for p in pairs] == [("a", 2.0), ("b", 1.5)]
+    assert "margin" not in prepare_pairs(rows, RewardDataConfig(label_column="share"))[0][0]
 
 
 # --- canonical pairs ------------------------------------------------------------------------------------------------
@@ -202,6 +212,8 @@ GOOD_PAIR = {"prompt": "p", "chosen": "a", "rejected": "b", "share": 0.7, "vc": 
     ({"sr": None}, dict(score_columns=["sc", "sr"]), "score 'sr' is None, not a finite number.*score_columns"),
     ({"ar": -1}, dict(anchor_columns=["ac", "ar"]), "row 0: anchor 'ar' is -1, not a non-negative integer"),
     ({"ac": 0.5}, dict(anchor_columns=["ac", "ar"]), "anchor 'ac' is 0.5, not a non-negative.*anchor_columns"),
+    ({"sc": "big"}, dict(margin_column="sc"), "row 0: margin 'sc' is 'big', not a finite number.*margin_column"),
+    ({}, dict(margin_column="nope"), r"no column 'nope'.*algorithm.data.margin_column"),
     ({"pick": 2}, dict(response_columns=["r0", "r1"], preferred_index_column="pick"),
      "row 0: preferred index 'pick' is 2, not 0 or 1.*algorithm.data.preferred_index_column"),
     ({}, dict(label_column="share", votes_columns=["vc", "vr"]),

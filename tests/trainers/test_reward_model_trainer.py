@@ -155,6 +155,23 @@ def test_bradley_terry_loss_is_trls_reward_loss(tokenizer, tmp_path):
     torch.testing.assert_close(ours, trls)
 
 
+def test_bradley_terry_loss_subtracts_the_pairs_margins(tokenizer, tmp_path):
+    from align.trainers.reward_model import bradley_terry_loss
+
+    algo = algorithm(["algorithm.objective=bradley_terry"])
+    rows = [dict(row, margin=float(i % 3)) for i, row in enumerate(pairs(16))]
+    trainer = build_reward_model_trainer(load_reward_model(TINY, "bradley_terry"), tokenizer, rows, None, algo,
+                                         common_args(tmp_path))
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(8)])
+    assert batch["margin"].tolist() == [float(i % 3) for i in range(8)]
+    with torch.no_grad():
+        mu_w, mu_l = trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0] \
+            .float().chunk(2)
+        loss = trainer.compute_loss(trainer.model, dict(batch))
+    torch.testing.assert_close(loss, -torch.nn.functional.logsigmoid(mu_w - mu_l - batch["margin"]).mean())
+    assert not torch.isclose(loss, bradley_terry_loss(mu_w, mu_l))  # the margin changes the loss
+
+
 # --- anchors ----------------------------------------------------------------------------------------------------------
 
 
@@ -312,6 +329,8 @@ def test_grpo_run_scored_by_a_trained_gaussian_reward_model(gaussian_reward_mode
 
 
 @pytest.mark.parametrize("overrides, message", [
+    (["algorithm.objective=gaussian_anchor", "algorithm.data.margin_column=m"], "margin_column is a margin in the "
+     "Bradley-Terry loss"),
     (["algorithm.objective=causal_rm", "algorithm.causal.rho_01=0.6", "algorithm.causal.rho_10=0.4"], "< 1"),
     (["algorithm.objective=causal_rm", "algorithm.causal.rho_01=0.1"], "both"),
     (["algorithm.objective=causal_rm", "algorithm.causal.propensity_weighting=false",
