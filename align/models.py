@@ -392,6 +392,42 @@ def mixed_precision_flags(name: str) -> dict[str, bool]:
     return {"bf16": resolve_dtype(dtype) == torch.bfloat16, "fp16": resolve_dtype(dtype) == torch.float16}
 
 
+def missing_lora_targets(module_names, targets) -> list[str]:
+    """The entries of `targets` (PEFT's `target_modules` list) that name no module in `module_names`.
+
+    PEFT matches an entry against a module's full name or its last dotted parts ("q_proj" matches
+    "model.layers.0.self_attn.q_proj"), and fails only when no entry matches: a misspelt entry next to correct ones
+    would otherwise be left out of the adapter without a word.
+    """
+    names = list(module_names)
+    return [target for target in targets
+            if not any(name == target or name.endswith("." + target) for name in names)]
+
+
+def check_lora_targets(path: str, targets, *, revision: str | None = None, trust_remote_code: bool = False) -> None:
+    """ModelLoadError naming `model.lora.target_modules` when an entry matches no module of the model at `path`.
+
+    The module names come from the model built on the meta device from its config.json: no weights are loaded.
+    A config that cannot be read is left to the model load, which reports it.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(resolve_model_path(path), revision=revision,
+                                            trust_remote_code=trust_remote_code)
+    except OSError:
+        return
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    names = [name for name, _ in model.named_modules()]
+    missing = missing_lora_targets(names, targets)
+    if missing:
+        leaves = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                         if isinstance(module, torch.nn.Linear)})
+        raise ModelLoadError(f"model.lora.target_modules: {missing} name no module of '{path}' "
+                             f"({type(model).__name__}). Its linear layers are: {', '.join(leaves)}.")
+
+
 def load_tokenizer(path: str, *, revision: str | None = None, trust_remote_code: bool = False,
                    chat_template: str | None = None):
     """Load a tokenizer that can render chats: left padding for generation, a pad token, a chat template."""
