@@ -373,7 +373,7 @@ def run(cfg: DictConfig) -> dict:
 
     from align.data import load_splits
     from align.evaluation import HeldOutAccuracy
-    from align.models import load_causal_lm, load_tokenizer, resolve_model_path
+    from align.models import check_lora_targets, load_causal_lm, load_tokenizer, resolve_model_path
     from align.plotting import plot_training_curves
     from align.rewards import build_reward_sources, guard, preflight, resolve_reward
     from align.tracking import finish_tracking
@@ -382,6 +382,9 @@ def run(cfg: DictConfig) -> dict:
     config: AlignConfig = OmegaConf.to_object(cfg)
     validate(config)
     resolve_model_path(config.model.path)  # a missing local path fails here, before anything is loaded
+    if config.model.lora.r:
+        check_lora_targets(config.model.path, config.model.lora.target_modules, revision=config.model.revision,
+                           trust_remote_code=config.model.trust_remote_code)
     # Seeded before any model is built: freshly initialised weights (a reward model's head, LoRA adapters) depend on
     # trainer.seed alone, not on whatever ran before in this process (the Trainer seeds only once it exists).
     set_seed(config.trainer.seed)
