@@ -118,9 +118,10 @@ def shared_run_dir(config: AlignConfig, state) -> tuple[Path, str]:
 
     Default name: <recipe or algorithm>-<timestamp>; in a multirun sweep <recipe or algorithm>-<sweep dir name>
     (whose timestamp is fixed at submission, so a requeued point finds its directory again). Each point of a sweep
-    gets its job number appended (to the name, or as a subdirectory of an explicit output_dir). A directory that
-    already holds a run is refused on every rank, so finished work is never overwritten, unless resume=auto
-    continues it (with the same run-defining settings).
+    gets its job number appended (to the name, or as a subdirectory of an explicit output_dir). Refused on every
+    rank: a non-empty directory that holds no align run (align never writes into someone else's files), and one
+    whose run already started, unless resume=auto continues it with the same run-defining settings. A directory
+    whose run failed before training began is reused.
     """
     from accelerate.utils import broadcast_object_list
 
@@ -132,17 +133,30 @@ def shared_run_dir(config: AlignConfig, state) -> tuple[Path, str]:
         name = name if job is None else f"{name}-{job}"
         directory = Path(t.output_dir) / (str(job) if job is not None else "") if t.output_dir else \
             Path(t.output_root) / name
-        chosen = [str(directory.resolve()), name, None]
-        if (directory / "config.yaml").exists() and config.resume == "auto":
-            chosen[2] = _changed_run_settings(directory / "config.yaml", config)
-        elif (directory / "config.yaml").exists():
-            chosen[2] = (f"run directory {directory} already holds a run; choose another trainer.run_name or "
-                         f"trainer.output_dir, or delete that directory.")
+        chosen = [str(directory.resolve()), name, _run_dir_problem(directory, config)]
     if state.num_processes > 1:
         broadcast_object_list(chosen, from_process=0)
     if chosen[2]:
         raise ConfigError(chosen[2])
     return Path(chosen[0]), chosen[1]
+
+
+def _run_dir_problem(directory: Path, config: AlignConfig) -> str | None:
+    """Why this run may not write into `directory`, or None."""
+    from align.run_dir import RunDir, run_dir_kind
+
+    kind = run_dir_kind(directory)
+    if kind is RunDir.FOREIGN and config.trainer.output_dir:
+        return f"trainer.output_dir {directory} is not empty and holds no align run; choose an empty or new directory."
+    if kind is RunDir.FOREIGN:
+        return (f"run directory {directory} is not empty and holds no align run; choose another trainer.run_name or "
+                f"trainer.output_root.")
+    if kind is RunDir.STARTED and config.resume == "auto":
+        return _changed_run_settings(directory / "config.yaml", config)
+    if kind is RunDir.STARTED:
+        return (f"run directory {directory} already holds a run; continue it with resume=auto, or choose another "
+                f"trainer.run_name or trainer.output_dir.")
+    return None
 
 
 def eval_task_name(data: DataConfig) -> str:
@@ -226,7 +240,10 @@ def _train(trainer, checkpoint: str | None):
     """`trainer.train()` from `checkpoint` (or the start) with preemption handling; the `Preemption` callback
     (its `stopped_at` is set when a signal stopped training early)."""
     from align.checkpoints import Preemption
+    from align.run_dir import mark_started
 
+    if trainer.accelerator.is_main_process:
+        mark_started(Path(trainer.args.output_dir))
     preemption = Preemption(trainer.accelerator, getattr(trainer, "checkpoint_step_multiple", 1))
     # Right after the Trainer's flow callback: callbacks that evaluate at step ends see the stop and skip.
     trainer.callback_handler.callbacks.insert(1, preemption)
@@ -307,17 +324,21 @@ def _peft_config(config: AlignConfig):
 
 def _save_final(trainer, tokenizer, directory: Path) -> None:
     """HF-format export: safetensors weights (a LoRA run: its adapter) + tokenizer, and the trainer state."""
-    trainer.save_model(str(directory))  # collective under ZeRO-3; writes on the main process
-    if trainer.accelerator.is_main_process:
-        tokenizer.save_pretrained(directory)
-        # A pickle of TrainingArguments; the run's config.yaml already records them, and exports stay pickle-free.
-        (directory / "training_args.bin").unlink(missing_ok=True)
-    trainer.save_state()
+    from align.checkpoints import disk_full_reported
+
+    with disk_full_reported(directory, Path(trainer.args.output_dir)):
+        trainer.save_model(str(directory))  # collective under ZeRO-3; writes on the main process
+        if trainer.accelerator.is_main_process:
+            tokenizer.save_pretrained(directory)
+            # A pickle of TrainingArguments: config.yaml already records them, and exports stay pickle-free.
+            (directory / "training_args.bin").unlink(missing_ok=True)
+        trainer.save_state()
 
 
 def _warm_start(config: AlignConfig, model_path: str, tokenizer, train_dataset, run_dir: Path, run_name: str) -> str:
     """SFT on reference solutions; returns the path of the warm-started model."""
     from align.models import load_causal_lm
+    from align.run_dir import mark_started
     from align.trainers.common import training_arguments
     from align.trainers.sft import build_sft_trainer, to_prompt_completion
 
@@ -342,6 +363,8 @@ def _warm_start(config: AlignConfig, model_path: str, tokenizer, train_dataset, 
     trainer = build_sft_trainer(model, tokenizer, dataset, None, max_length=1024, common_args=common)
     log.info("warm start: SFT for %d steps on '%s'%s", w.max_steps, w.completion_column,
              f" + hint writing and hinted solving from '{w.hints_column}'" if w.hints_column else "")
+    if trainer.accelerator.is_main_process:
+        mark_started(run_dir)
     trainer.train()
     _save_final(trainer, tokenizer, stage_dir / "final")
     trainer.accelerator.wait_for_everyone()
@@ -351,6 +374,7 @@ def _warm_start(config: AlignConfig, model_path: str, tokenizer, train_dataset, 
 def _open_run(config: AlignConfig, cfg: DictConfig, detail: str = ""):
     """(process state, run directory, run name, trackers): the shared run directory with the resolved config
     (credentials redacted) written by rank 0, announced once with `detail` appended, and tracking started."""
+    from align.run_dir import claim_run_dir
     from align.tracking import redact, start_tracking
     from align.trainers.common import distributed_state
 
@@ -358,7 +382,7 @@ def _open_run(config: AlignConfig, cfg: DictConfig, detail: str = ""):
     run_dir, run_name = shared_run_dir(config, state)
     resolved = redact(OmegaConf.to_container(cfg, resolve=True))
     if state.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        claim_run_dir(run_dir)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
         print(f"[align] run directory: {run_dir} ({state.num_processes} process(es), "
               f"{state.distributed_type.value}){detail}", flush=True)
@@ -633,12 +657,13 @@ register_configs()
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
-    """Errors caused by the user's config or data: reported as one readable line, exit code 2."""
+    """Errors caused by the user's config, data or disk: reported as one readable line, exit code 2."""
+    from align.checkpoints import DiskFullError
     from align.data import DataError
     from align.models import ModelLoadError
     from align.rewards import RewardConfigError, RewardError
 
-    return ConfigError, RecipeError, DataError, ModelLoadError, RewardConfigError, RewardError
+    return ConfigError, RecipeError, DataError, ModelLoadError, RewardConfigError, RewardError, DiskFullError
 
 
 @hydra.main(config_path=str(CONFIGS_DIR), config_name="config", version_base="1.3")

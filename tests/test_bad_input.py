@@ -109,8 +109,11 @@ def test_nan_reward_is_rejected(tiny_run):
 
 
 def test_an_existing_run_directory_is_never_overwritten(tiny_run, tmp_path):
+    from align.run_dir import claim_run_dir, mark_started
+
     run_dir = tmp_path / "run"
-    run_dir.mkdir()
+    claim_run_dir(run_dir)
+    mark_started(run_dir)
     (run_dir / "config.yaml").write_text("finished: true\n")
     with pytest.raises(ConfigError, match="already holds a run"):
         run(compose(tiny_run))
