@@ -188,3 +188,50 @@ def test_qlora_needs_lora_and_a_gpu(monkeypatch):
         validate(typed([*MULTIREF, "model.load_in_4bit=true", "model.lora.r=8"]), processes=1)
     monkeypatch.setattr("align.config.quantization_problem", lambda: None)
     validate(typed([*MULTIREF, "model.load_in_4bit=true", "model.lora.r=8"]), processes=1)
+
+
+def test_every_numeric_setting_has_a_limit():
+    """A new int / float setting must say its allowed range in LIMITS, so `validate` checks it before any load."""
+    import dataclasses
+    import typing
+
+    import align.config as config
+
+    numeric = {int, float, typing.Optional[int], typing.Optional[float], typing.List[int], typing.List[float]}
+    missing = [f"{cls.__name__}.{f.name}"
+               for cls in vars(config).values() if dataclasses.is_dataclass(cls) and cls.__module__ == config.__name__
+               for f in dataclasses.fields(cls)
+               if typing.get_type_hints(cls)[f.name] in numeric and config.setting_limit(cls, f.name) is None]
+    assert not missing, f"no LIMITS entry for {missing}"
+
+
+def test_scheduler_choices_are_transformers_scheduler_types():
+    from transformers.trainer_utils import SchedulerType
+
+    from align.config import scheduler_types
+
+    assert scheduler_types() == tuple(s.value for s in SchedulerType)
+
+
+@pytest.mark.parametrize("spec, inside, outside", [
+    (">= 1", [1, 7], [0, -1, float("inf")]),
+    ("> 0", [1e-9, 3.0], [0, -2, float("nan")]),
+    ("(0, 1]", [1e-9, 1], [0, 1.5]),
+    ("[0, 1)", [0, 0.999], [1, -1e-9]),
+    ("finite", [-5.0, 0], [float("inf"), float("-inf"), float("nan")]),
+])
+def test_limit_specs(spec, inside, outside):
+    from align.config import within
+
+    assert all(within(v, spec) for v in inside) and not any(within(v, spec) for v in outside)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("+trainer.max_step=3", "trainer.max_step is not a setting of align .* Did you mean 'trainer.max_steps'"),
+    ("+reward.sources.0.wieght=2", r"reward.sources\[0\].wieght .* Did you mean 'reward.sources\[0\].weight'"),
+    ("+lerning_rate=1", "lerning_rate is not a setting"),
+])
+def test_keys_added_with_plus_are_refused_with_a_suggestion(override, message):
+    with pytest.raises(ConfigError, match=message):
+        validate(typed([override]), processes=1)
+    validate(typed(["+trainer.trl.adam_beta2=0.99"]), processes=1)  # open dicts take new keys
