@@ -5,7 +5,9 @@ which align version. Once training begins (the SFT warm start or the main traine
 and from then on the directory holds work that only `resume=auto` may continue. A run that failed before that (a
 late config error, a model that would not load) leaves a directory that a rerun with the same name simply reuses.
 A non-empty directory without the marker belongs to someone else and is never written to: checkpoint folders in it
-would be taken for interrupted saves or rotated away, and its README.md replaced by a model card.
+would be taken for interrupted saves or rotated away, and its README.md replaced by a model card. The exception is a
+run directory align wrote before it had the marker: its config.yaml and a checkpoint with align's completion marker
+identify it as a started run.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from enum import Enum
 from pathlib import Path
 
 from align import __version__
-from align.checkpoints import write_json_atomic
+from align.checkpoints import COMPLETE_MARKER, write_json_atomic
 
 RUN_MARKER = ".align-run"
 
@@ -35,6 +37,10 @@ def _marker(directory: Path) -> dict | None:
         return None
 
 
+def _unmarked_align_run(directory: Path) -> bool:
+    return (directory / "config.yaml").is_file() and any(directory.glob(f"checkpoint-*/{COMPLETE_MARKER}"))
+
+
 def run_dir_kind(directory: Path) -> RunDir:
     """What `directory` holds, as far as writing a run into it goes."""
     directory = Path(directory)
@@ -43,7 +49,7 @@ def run_dir_kind(directory: Path) -> RunDir:
         return RunDir.STARTED if marker.get("started") else RunDir.PREPARED
     if not directory.exists() or (directory.is_dir() and not any(directory.iterdir())):
         return RunDir.NEW
-    return RunDir.FOREIGN
+    return RunDir.STARTED if _unmarked_align_run(directory) else RunDir.FOREIGN
 
 
 def claim_run_dir(directory: Path) -> None:
@@ -51,8 +57,9 @@ def claim_run_dir(directory: Path) -> None:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     if _marker(directory) is None:
-        write_json_atomic({"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "align_version": __version__},
-                          directory / RUN_MARKER)
+        now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        started = {"started": now} if _unmarked_align_run(directory) else {}
+        write_json_atomic({"created": now, "align_version": __version__, **started}, directory / RUN_MARKER)
 
 
 def mark_started(directory: Path) -> None:

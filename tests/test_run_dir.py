@@ -57,6 +57,16 @@ def test_run_dir_kinds(tmp_path):
     assert run_dir_kind(run_dir) is RunDir.FOREIGN, "an unreadable marker proves nothing"
 
 
+def test_a_run_directory_from_before_the_marker_counts_as_a_started_run(tmp_path):
+    (tmp_path / "config.yaml").write_text("trainer: {}\n")
+    _checkpoint(tmp_path, 2, complete=False)
+    assert run_dir_kind(tmp_path) is RunDir.FOREIGN, "a config.yaml and a checkpoint-* folder prove nothing"
+    (tmp_path / "checkpoint-2" / COMPLETE_MARKER).write_text(json.dumps({"step": 2}))
+    assert run_dir_kind(tmp_path) is RunDir.STARTED
+    claim_run_dir(tmp_path)  # what resume=auto does next
+    assert json.loads((tmp_path / RUN_MARKER).read_text())["started"]
+
+
 @pytest.mark.slow
 def test_a_foreign_directory_is_refused_before_loading_and_left_untouched(tmp_path):
     out = tmp_path / "o"
