@@ -300,14 +300,18 @@ def _validate(args: argparse.Namespace) -> float | None:
 def _load_prompts(source: str, column: str, limit: int | None) -> tuple[list[list[dict]], list | None]:
     """(prompts as chat messages, answers or None) from 'synthetic' (its held-out split) or a local file."""
     from align.config import ColumnsConfig, DataConfig
-    from align.data import load_splits
+    from align.data import DataError, load_splits
 
     if source == "synthetic":
         # The default data config's held-out split: disjoint from the rows a default-data policy trained on.
         _, dataset = load_splits(DataConfig())
     else:
         columns = ColumnsConfig(prompt=column if column != "prompt" else None)
-        dataset, _ = load_splits(DataConfig(source=str(Path(source).expanduser()), columns=columns))
+        try:
+            dataset, _ = load_splits(DataConfig(source=str(Path(source).expanduser()), columns=columns))
+        except DataError as err:  # its messages name the training config's settings; here they are flags
+            raise BestOfNError(str(err).replace("data.columns.prompt", "--prompt-column")
+                               .replace("data.source", "--prompts")) from None
     if limit is not None:
         dataset = dataset.select(range(min(limit, len(dataset))))
     answers = dataset["answer"] if "answer" in dataset.column_names else None

@@ -594,11 +594,17 @@ def _check_known_keys(key: str, node: Any) -> None:
     """A `+key=value` override adds keys even to typed nodes (Hydra opens the node for it); refuse them here."""
     known = [f.name for f in dataclasses.fields(node)]
     for name in sorted(set(vars(node)) - set(known)):
-        where = f"{key}.{name}" if key else name
-        close = [f"{key}.{c}" if key else c for c in difflib.get_close_matches(name, known, n=1)]
-        hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise ConfigError(f"{where} is not a setting of align ('+' adds keys only inside the open dicts such as "
-                          f"trainer.trl).{hint}")
+        raise ConfigError(unknown_key_message(f"{key}.{name}" if key else name, type(node)))
+
+
+def unknown_key_message(key: str, node_type: type) -> str:
+    """Why the dotted `key` is refused, where `node_type` is the config dataclass that lacks its last part, with the
+    closest setting it has. Only open dicts such as trainer.trl take new keys (`+key=value`)."""
+    parent, _, name = key.rpartition(".")
+    known = [f.name for f in dataclasses.fields(node_type)]
+    close = [f"{parent}.{c}" if parent else c for c in difflib.get_close_matches(name, known, n=1)]
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    return f"{key} is not a setting of align (only open dicts such as trainer.trl take new keys).{hint}"
 
 
 def _check_limits(key: str, node: Any) -> None:

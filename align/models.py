@@ -350,13 +350,22 @@ def _resolve_embedded(path: str) -> Path:
 
 
 def resolve_model_path(path: str) -> str:
-    """Map `embedded:*` names to their built directory; check that local-looking paths exist.
+    """Map `embedded:*` names to their built directory; check that local-looking paths exist and that a local
+    directory is a checkpoint (config.json, or a PEFT adapter's adapter_config.json).
 
     Hub names (`org/name`) are returned unchanged; whether they resolve is up to the hub (or its offline cache).
     """
     if path.startswith(EMBEDDED_PREFIX):
         return str(_resolve_embedded(path))
     local = Path(path).expanduser()
+    if local.is_dir() and not any((local / name).is_file() for name in ("config.json", "adapter_config.json")):
+        # transformers would go on to guess a tokenizer class and suggest installing sentencepiece
+        held = sorted(p.name for p in local.iterdir())
+        raise ModelLoadError(
+            f"Model path '{path}' is a directory without config.json, so not a model checkpoint (it holds: "
+            f"{', '.join(held[:5]) + (', ...' if len(held) > 5 else '') or 'nothing'}). Give a directory written by "
+            f"save_pretrained (e.g. a run's final/), a hub name, or '{TINY}'."
+        )
     if local.exists():
         return str(local)
     # Hub names are `name` or `org/name`; anything else is meant as a local path.

@@ -12,6 +12,7 @@ model (safetensors, loadable with `from_pretrained`), held-out results and a plo
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
 import inspect
@@ -39,6 +40,7 @@ from align.config import (
     SFTAlgorithmConfig,
     hydra_multirun,
     register_configs,
+    unknown_key_message,
     validate,
 )
 
@@ -73,6 +75,29 @@ def _user_recipe_root(path: Path, name: str) -> Path:
     return root
 
 
+def _check_recipe_file(path: Path) -> None:
+    """A recipe of one's own must be a YAML mapping under Hydra's `# @package _global_` header: without the header
+    Hydra nests the file under `recipe` and refuses each of its keys ("Key 'recipe' not in 'AlignConfig'")."""
+    import yaml
+
+    try:
+        text = path.read_text(encoding="utf-8")
+        content = yaml.safe_load(text)
+    except (UnicodeDecodeError, yaml.YAMLError) as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise RecipeError(f"Recipe file '{path}' is not valid YAML{where}: {getattr(err, 'problem', None) or err}."
+                          ) from None
+    if content is not None and not isinstance(content, dict):
+        raise RecipeError(f"Recipe file '{path}' must be a mapping of config keys (e.g. `trainer: {{max_steps: 10}}`), "
+                          f"not a {type(content).__name__}.")
+    header = [line.strip() for line in text.splitlines() if line.strip()]
+    header = header[:next((i for i, line in enumerate(header) if not line.startswith("#")), len(header))]
+    if not any(line.replace(" ", "") == "#@package_global_" for line in header):
+        raise RecipeError(f"Recipe file '{path}' lacks the header line '# @package _global_'; add it as the first "
+                          f"line (a recipe sets keys of the whole config, such as trainer.max_steps).")
+
+
 def resolve_recipe_args(argv: list[str]) -> list[str]:
     """Check `recipe=` before Hydra runs; turn a recipe given as a file path into a Hydra search-path entry."""
     resolved = []
@@ -85,6 +110,7 @@ def resolve_recipe_args(argv: list[str]) -> list[str]:
             path = Path(value).expanduser().resolve()
             if not path.is_file():
                 raise RecipeError(f"Recipe file '{value}' does not exist.")
+            _check_recipe_file(path)
             name = path.stem if path.stem not in available_recipes() else f"{path.stem}-user"
             resolved += [f"recipe={name}", f"hydra.searchpath=[file://{_user_recipe_root(path, name)}]"]
             continue
@@ -97,6 +123,53 @@ def resolve_recipe_args(argv: list[str]) -> list[str]:
                                   f"A recipe can also be a path to your own YAML file.")
         resolved.append(arg)
     return resolved
+
+
+def check_config(overrides: list[str], multirun: bool = False) -> None:
+    """Compose and `validate` the run's config before Hydra starts it (seconds before any heavy import), or every
+    point of a multirun sweep (the basic sweeper's cartesian product of `overrides`) before it launches any; raise
+    ConfigError naming the key, and in a sweep the first bad point by its swept values. A point's process count is
+    its Slurm launcher's nodes x tasks_per_node, else this launch's."""
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from omegaconf import open_dict
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as err:  # e.g. a stray space: key= value
+        raise ConfigError(composition_error(err)) from None
+    swept = {o.get_key_element() for o in parsed if o.is_sweep_override()} if multirun else set()
+    points = BasicSweeper.split_arguments(parsed, None)[0] if multirun else [overrides]
+    with initialize_config_dir(config_dir=str(CONFIGS_DIR), version_base="1.3"):
+        for number, point in enumerate(points):
+            where = f"sweep point {number} ({' '.join(o for o in point if o.split('=', 1)[0] in swept)}): " \
+                if multirun else ""
+            try:
+                cfg = compose(config_name="config", overrides=point, return_hydra_config=True)
+                launcher = cfg.hydra.launcher
+                processes = launcher.nodes * launcher.tasks_per_node if multirun and "tasks_per_node" in launcher \
+                    else None
+                with open_dict(cfg):
+                    del cfg["hydra"]
+                validate(OmegaConf.to_object(cfg), processes=processes, in_sweep=multirun)
+            except ConfigError as err:
+                raise ConfigError(f"{where}{err}") from None
+            except HydraException as err:
+                raise ConfigError(f"{where}{composition_error(err)}") from None
+
+
+def composition_error(err: Exception) -> str:
+    """One line for a Hydra composition error: an unknown key with the closest setting, else Hydra's message."""
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+    cause = err.__cause__
+    if not (isinstance(cause, OmegaConfBaseException) and cause.full_key):
+        return " ".join(str(err).split())
+    if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and dataclasses.is_dataclass(cause.object_type):
+        return unknown_key_message(cause.full_key, cause.object_type)
+    return f"{cause.full_key}: {str(cause).splitlines()[0]}."  # e.g. a value of the wrong type
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -277,22 +350,23 @@ def _preempted_summary(config: AlignConfig, state, run_dir: Path, preemption) ->
     return {"run_dir": str(run_dir), "preempted_at": step, "exit_code": code[0]}
 
 
-def _required_columns(config: AlignConfig) -> tuple[str, ...]:
+def _required_columns(config: AlignConfig) -> dict[str, str | None]:
+    """The columns the run reads -> the setting that names each (None: a canonical column, mapped by data.columns)."""
     from align.rewards import BUILTIN_REWARDS
 
     algo = config.algorithm
     if isinstance(algo, SFTAlgorithmConfig):
-        return ("prompt", algo.completion_column)
-    columns = ["prompt"]
+        return {"prompt": None, algo.completion_column: "algorithm.completion_column"}
+    columns = {"prompt": None}
     # A built-in that takes an `answer` argument checks against the answer column (format_boxed does not).
     builtins = [BUILTIN_REWARDS[s.name] for s in config.reward.sources if s.name in BUILTIN_REWARDS]
     if config.eval.enabled or any("answer" in inspect.signature(fn).parameters for fn in builtins):
-        columns.append("answer")
+        columns["answer"] = None
     if config.warm_start.max_steps:
-        columns.append(config.warm_start.completion_column)
+        columns.setdefault(config.warm_start.completion_column, "warm_start.completion_column")
         if config.warm_start.hints_column:
-            columns.append(config.warm_start.hints_column)
-    return tuple(dict.fromkeys(columns))
+            columns.setdefault(config.warm_start.hints_column, "warm_start.hints_column")
+    return columns
 
 
 def _check_reference_solutions(config: AlignConfig, train_dataset) -> None:
@@ -699,9 +773,15 @@ def main() -> None:
                  f"pip install -e .; see README.md).")
     try:
         sys.argv = [sys.argv[0], *resolve_recipe_args(sys.argv[1:])]
+        flags = {arg for arg in sys.argv[1:] if arg.startswith("-")}
+        if flags <= {"-m", "--multirun"}:  # other flags (--cfg, --info, ...) do not run: Hydra handles them
+            from align.cluster import adopt_slurm_environment
+
+            adopt_slurm_environment()  # under srun: WORLD_SIZE for the batch arithmetic
+            check_config([arg for arg in sys.argv[1:] if arg not in flags], multirun=bool(flags))
         _hydra_main()
         shutdown_distributed()
-    except RecipeError as err:
+    except (RecipeError, ConfigError) as err:
         print(f"align: error: {err}", file=sys.stderr)
         sys.exit(2)
 

@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -57,6 +58,63 @@ def test_cli_unknown_config_key_fails():
     result = cli("trainer.max_stepz=3")
     assert result.returncode != 0
     assert "max_stepz" in result.stderr
+
+
+def _write(path, data: bytes) -> str:
+    path.write_bytes(data)
+    return str(path)
+
+
+# (id, arguments given the test's tmp_path, what the one error line must say). Every case is refused with exit code
+# 2 before the run directory exists, i.e. before any model weights are loaded.
+BAD_INPUT = [
+    ("plus-typo", lambda tmp: ["+trainer.max_step=3"], "Did you mean 'trainer.max_steps'?"),
+    ("typo", lambda tmp: ["trainer.max_stepz=3"], "trainer.max_stepz is not a setting of align"),
+    ("top-level-plus", lambda tmp: ["+seeed=1"], "seeed is not a setting of align"),
+    ("max-samples-0", lambda tmp: ["eval.max_samples=0"], "eval.max_samples must be >= 1"),
+    ("save-steps", lambda tmp: ["trainer.save_steps=-1"], "trainer.save_steps must be >= 0"),
+    ("top-p", lambda tmp: ["algorithm.top_p=2"], "algorithm.top_p must be in (0, 1], got 2.0"),
+    ("temperature", lambda tmp: ["algorithm.temperature=-1"], "algorithm.temperature must be > 0"),
+    ("scheduler", lambda tmp: ["trainer.lr_scheduler_type=foo"],
+     "trainer.lr_scheduler_type is 'foo'; choose one of: linear, cosine"),
+    ("steps-per-generation", lambda tmp: ["algorithm.steps_per_generation=-8"],
+     "algorithm.steps_per_generation must be >= 1"),
+    ("nan", lambda tmp: ["algorithm.beta=nan"], "algorithm.beta must be >= 0"),
+    ("wrong-type", lambda tmp: ["algorithm.beta=high"], "algorithm.beta: Value 'high'"),
+    ("resume-mode", lambda tmp: ["resume=always"], "resume is 'always'; choose one of: never, auto"),
+    ("logger-mode", lambda tmp: ["logger.mode=loud"], "logger.mode is 'loud'"),
+    ("answer-regex", lambda tmp: ["data.answer_regex='(['"], "data.answer_regex '([' is not a valid regular"),
+    ("sweep", lambda tmp: ["-m", "trainer.max_steps=2,-1"],
+     "sweep point 1 (trainer.max_steps=-1): trainer.max_steps must be >= 1"),
+    ("lora-targets", lambda tmp: ["model.lora.r=4", "model.lora.target_modules=[q_proj,qkv]"],
+     "model.lora.target_modules: ['qkv'] name no module"),
+    ("recipe-yaml", lambda tmp: ["recipe=" + _write(tmp / "broken.yaml", b"trainer: {max_steps: 3")],
+     "is not valid YAML at line 1"),
+    ("recipe-header", lambda tmp: ["recipe=" + _write(tmp / "mine.yaml", b"trainer:\n  max_steps: 3\n")],
+     "lacks the header line '# @package _global_'"),
+    ("not-utf8", lambda tmp: ["data.source=" + _write(tmp / "latin1.jsonl", b'{"prompt": "caf\xe9"}\n')],
+     "is not UTF-8 text: line 1, byte 16 (b'\\xe9')"),
+    ("model-is-data", lambda tmp: ["model.path=" + str(Path(_write(tmp / "train.jsonl", b"{}")).parent)],
+     "is a directory without config.json, so not a model checkpoint"),
+    ("sft-column", lambda tmp: ["recipe=sft-arithmetic-tiny", "algorithm.completion_column=nope"],
+     "column 'nope' is missing from synthetic:arithmetic (split train); available columns: ['prompt', "),
+]
+
+
+@pytest.mark.parametrize("arguments, message", [case[1:] for case in BAD_INPUT], ids=[case[0] for case in BAD_INPUT])
+def test_bad_input_is_one_line_exit_2_before_any_load(arguments, message, tmp_path, monkeypatch, capsys):
+    """Through the real entry point (`align.train.main`, in this process to stay fast)."""
+    from align.train import main
+
+    run_dir, root = tmp_path / "run", tmp_path / "root"
+    monkeypatch.setattr(sys, "argv", ["align-train", *arguments(tmp_path), f"trainer.output_dir={run_dir}",
+                                      f"trainer.output_root={root}"])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("align: error: ")]
+    assert exit_.value.code == 2 and len(errors) == 1, errors
+    assert message in errors[0]
+    assert not run_dir.exists() and not root.exists(), "refused before the run directory: no weights were loaded"
 
 
 def test_missing_dataset_column(tmp_path, tiny_run):

@@ -25,6 +25,7 @@ from align.data.synthetic import TASKS
 
 # File extension -> `datasets` packaged builder.
 BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+TEXT_SUFFIXES = (".jsonl", ".json", ".csv")
 
 
 class DataError(ValueError):
@@ -39,7 +40,7 @@ def rows_to_dataset(rows: list[dict]) -> datasets.Dataset:
     return datasets.Dataset.from_list(rows)
 
 
-def load_splits(cfg: DataConfig, required: tuple[str, ...] = ("prompt",)
+def load_splits(cfg: DataConfig, required: tuple[str, ...] | dict[str, str] = ("prompt",)
                 ) -> tuple[datasets.Dataset, datasets.Dataset | None]:
     """Load `(train, held_out)` from `cfg.source`, map and validate columns, and convert prompts to messages.
 
@@ -57,9 +58,12 @@ def load_splits(cfg: DataConfig, required: tuple[str, ...] = ("prompt",)
     says where that column comes from. One source column may feed several canonical names (it is copied).
 
     Every column in `required` (and always `prompt`) must exist and be non-empty in every row of both splits.
-    Raises DataError otherwise.
+    Raises DataError otherwise, naming the setting that fixes it: `data.columns.<column>`, or for a column given as
+    a mapping `{column: setting}` the setting that names it (e.g. {"demo": "algorithm.completion_column"}).
     """
+    named_by = required if isinstance(required, dict) else {}
     required = tuple(dict.fromkeys(("prompt", *required)))  # prompt is always needed; keep order, drop repeats
+    required = {column: named_by.get(column) for column in required}
     if cfg.source == "synthetic":
         label = f"synthetic:{cfg.synthetic.task}"
         train, held_out = _load_synthetic(cfg)
@@ -131,14 +135,34 @@ def _load_file(path: Path, cfg: DataConfig) -> datasets.Dataset:
                         f"directory with several splits.")
     if path.stat().st_size == 0:  # the json builder would fail with a bare StopIteration
         raise DataError(f"data.source '{path}' is an empty file.")
+    _check_utf8(path)
     try:
         return datasets.load_dataset(builder, data_files=str(path), split="train")
     except Exception as e:  # malformed rows, wrong encoding, ...: say which file
         raise DataError(f"could not read data.source '{path}' as {builder}: {type(e).__name__}: {e}") from e
 
 
+def _check_utf8(path: Path) -> None:
+    """Text data must be UTF-8: otherwise `datasets` loads it and fails later, on first access to the bad row, with a
+    bare UnicodeDecodeError that names no file. Raises DataError naming the file, line and byte."""
+    if path.suffix.lower() not in TEXT_SUFFIXES:
+        return
+    with path.open("rb") as lines:
+        for number, line in enumerate(lines, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise DataError(f"data.source '{path}' is not UTF-8 text: line {number}, byte {err.start + 1} "
+                                f"({line[err.start:err.end]!r}). Re-encode the file as UTF-8, e.g. "
+                                f"iconv -f latin1 -t utf-8 in > out.") from None
+
+
 def _load_dir(path: Path, cfg: DataConfig) -> tuple[datasets.Dataset, datasets.Dataset | None]:
     saved = (path / "dataset_dict.json").exists() or (path / "state.json").exists()  # written by save_to_disk
+    if not saved:
+        for file in sorted(path.rglob("*")):
+            if file.suffix.lower() in TEXT_SUFFIXES and file.is_file():
+                _check_utf8(file)
     try:  # otherwise a directory of data files: `datasets` infers the builder and splits from the file names
         loaded = datasets.load_from_disk(str(path)) if saved else datasets.load_dataset(str(path))
     except Exception as e:
@@ -240,15 +264,17 @@ def _extract_answers(ds: datasets.Dataset, pattern: str, where: str) -> datasets
     return ds.remove_columns("answer").add_column("answer", answers)
 
 
-def _prepare(ds: datasets.Dataset, required: tuple[str, ...], system_prompt: str | None,
+def _prepare(ds: datasets.Dataset, required: dict[str, str | None], system_prompt: str | None,
              where: str, answer_regex: str | None = None) -> datasets.Dataset:
-    """Validate `required` columns, extract and cast `answer` to strings, and turn prompts into chat messages."""
+    """Validate `required` columns (column -> the setting that names it, None for a canonical column), extract and
+    cast `answer` to strings, and turn prompts into chat messages."""
     if len(ds) == 0:
         raise DataError(f"{where} has no rows.")
-    for column in required:
+    for column, setting in required.items():
         if column not in ds.column_names:
+            fix = f"Set {setting} to one of them." if setting else f"Map it with data.columns.{column}=<your column>."
             raise DataError(f"column '{column}' is missing from {where}; available columns: {ds.column_names}. "
-                            f"Map it with data.columns.{column}=<your column>.")
+                            f"{fix}")
         empty = [i for i, value in enumerate(ds[column]) if _is_empty(value)]
         if empty:
             raise DataError(f"column '{column}' is empty (None, blank or []) in {len(empty)} of {len(ds)} rows of "

@@ -1,7 +1,6 @@
 """align.cluster (Slurm task variables -> torch.distributed's) and the W&B names of sweep points: pure functions on
 hand-written environments, no Slurm needed."""
 
-import shutil
 import subprocess
 
 import pytest
@@ -32,9 +31,9 @@ def test_compressed_nodelists_expand_in_order(nodelist, hosts):
     assert expand_nodelist(nodelist) == hosts
 
 
-@pytest.mark.skipif(shutil.which("scontrol") is None, reason="scontrol is not installed")
+@pytest.mark.slow  # the first test to ask for the cluster may start it
 @pytest.mark.parametrize("nodelist", NODELISTS)
-def test_the_parser_agrees_with_scontrol(nodelist):
+def test_the_parser_agrees_with_scontrol(slurm, nodelist):
     out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True)
     assert expand_nodelist(nodelist) == out.stdout.split()
 

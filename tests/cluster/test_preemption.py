@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from align.checkpoints import COMPLETE_MARKER
-from tests.cluster.test_slurm import cancel, job_env, slurm  # noqa: F401  (fixture)
+from tests.cluster.test_slurm import cancel, job_env
 from tests.conftest import REPO
 from tests.resume.test_exact_resume import DENSE_REWARD, losses
 
@@ -37,7 +37,7 @@ def wait_for(condition, seconds: float, what: str, name: str) -> None:
         time.sleep(0.2)
 
 
-def test_sigusr1_saves_requeues_and_the_requeued_job_finishes_identically(slurm, tmp_path):  # noqa: F811
+def test_sigusr1_saves_requeues_and_the_requeued_job_finishes_identically(slurm, tmp_path):
     name = f"align-test-{uuid.uuid4().hex[:8]}"
     env = {**job_env(), "RECIPE": "grpo-arithmetic-tiny", "RUN_NAME": "preempted", "PYTHON": sys.executable,
            "ALIGN_ACCELERATE_CONFIG": "launch/accelerate/cpu_ddp.yaml", "PYTHONUNBUFFERED": "1"}

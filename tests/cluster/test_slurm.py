@@ -9,7 +9,6 @@ the two jobs run one after the other.
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -23,27 +22,9 @@ from tests.conftest import REPO
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
-SETUP = REPO / "launch" / "slurm" / "setup-test-cluster.sh"
 TINY = ["recipe=grpo-arithmetic-tiny", "warm_start.max_steps=0", "trainer.max_steps=2", "trainer.save_steps=1",
         "trainer.per_device_train_batch_size=8", "algorithm.num_generations=4", "algorithm.max_completion_length=16",
         "data.synthetic.num_train=64", "eval.enabled=false"]
-
-
-def slurm_up() -> bool:
-    if shutil.which("sbatch") is None:
-        return False
-    ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True)
-    return ping.returncode == 0 and "UP" in ping.stdout
-
-
-@pytest.fixture(scope="module")
-def slurm():
-    """A working Slurm: the one already up, else the single-node test cluster (started here, as root)."""
-    if not slurm_up() and os.geteuid() != 0:
-        pytest.skip("Slurm is not running and starting the test cluster needs root (sudo "
-                    "launch/slurm/setup-test-cluster.sh, then rerun)")
-    result = subprocess.run(["bash", str(SETUP)], capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
 
 
 def job_env() -> dict:
