@@ -42,9 +42,13 @@ Decisions the spec leaves open:
 - Zero-advantage rows contribute exactly zero loss and zero gradient, and a row's unused branch is evaluated at
   r = 0, so an overflowing branch can never leak inf or NaN into the value or the gradient (`torch.where` alone
   would: 0 * inf in the backward pass).
-- The token loss is returned unreduced, (B, T); the trainer masks padding and takes the token mean over the
-  completion tokens of the generation batch (the normalisation of TRL's `dapo` loss type, so gradient accumulation
-  and several processes give the same update as one big batch).
+- The token loss is returned unreduced, (B, T); the trainer masks padding and takes a token mean. The spec's "over
+  the group's completion tokens" allows two readings, both offered (`algorithm.normalization`):
+  `batch` (default, used by the benchmarks): one mean over all completion tokens of the generation batch, TRL's
+  `dapo` normalisation, so a group's weight grows with its completions' length;
+  `group`: a mean over each group's completion tokens, then a mean over groups (`group_token_weights`), so every
+  group weighs the same whatever its length. Either way gradient accumulation and several processes give the same
+  update as one big batch.
 - The loss uses the current policy and the reference only: there is no importance ratio to the sampling policy, so
   f-GRPO is on-policy as specified (steps_per_generation == gradient_accumulation_steps, num_iterations 1, the
   defaults). TRL's vLLM importance-sampling correction is not applied.
@@ -277,6 +281,20 @@ def fpa_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, divergence: str |
 # Trainers
 
 
+def group_token_weights(lengths: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Per-token weights of the `group` normalisation: the mean over each group's completion tokens, then over groups.
+
+    lengths  (n,) completion tokens of each completion, groups of `group_size` laid out contiguously
+    Returns (n,) float: every token of completion i weighs 1 / (num_groups * tokens of i's group), so the weights of
+    all tokens sum to 1 (a group without tokens gets weight 0). `batch` normalisation is 1 / lengths.sum() instead.
+    """
+    if lengths.dim() != 1 or lengths.numel() % group_size:
+        raise ValueError(f"lengths of shape {tuple(lengths.shape)} do not split into groups of {group_size}.")
+    group_tokens = lengths.view(-1, group_size).sum(dim=1, keepdim=True).float()
+    per_group = torch.where(group_tokens > 0, 1.0 / (group_tokens.clamp(min=1.0) * group_tokens.numel()), 0.0)
+    return per_group.expand(-1, group_size).reshape(-1)
+
+
 def token_mean_normalizer(trainer, num_items_in_batch: torch.Tensor, training: bool) -> torch.Tensor:
     """TRL's `dapo` normaliser: completion tokens of the generation batch, per process and accumulation window."""
     normalizer = num_items_in_batch.clamp(min=1.0) / trainer.accelerator.num_processes
@@ -296,6 +314,26 @@ class AlignFGRPOTrainer(AlignGRPOTrainer):
             raise ValueError("f-GRPO needs a reference model: beta must be > 0.")
         self.divergence = get_divergence(fgrpo.divergence)
         self.clamp = (float(fgrpo.clamp[0]), float(fgrpo.clamp[1]))
+        self.normalization = fgrpo.normalization
+
+    def _generate_and_score_completions(self, inputs):
+        output = super()._generate_and_score_completions(inputs)
+        if self.normalization == "group":
+            # Groups may straddle processes: weigh over the gathered batch (in TRL's process order), keep this slice.
+            lengths = self.accelerator.gather(output["completion_mask"].sum(dim=1))
+            group_size = self.num_generations if self.model.training else self.num_generations_eval
+            weights = group_token_weights(lengths, group_size)
+            rows = output["completion_mask"].size(0)
+            index = self.accelerator.process_index
+            output["token_weight"] = weights[index * rows:(index + 1) * rows]
+        return output
+
+    def _token_scale(self, inputs, normalizer: torch.Tensor) -> torch.Tensor:
+        """What (loss * mask) is multiplied by before the sum: 1 / normalizer (batch), or the group weights
+        rescaled by the same normaliser so that accumulation and processes treat both normalisations alike."""
+        if self.normalization == "batch":
+            return 1.0 / normalizer
+        return inputs["token_weight"][:, None] * inputs["num_items_in_batch"].clamp(min=1.0) / normalizer
 
     def _compute_loss(self, model, inputs):
         training = self.model.training
@@ -310,7 +348,8 @@ class AlignFGRPOTrainer(AlignGRPOTrainer):
         loss, positive, negative = fgrpo_token_loss(r, advantages, self.divergence)
         normalizer = token_mean_normalizer(self, inputs["num_items_in_batch"], training)
         mask = mask.to(loss.dtype)
-        total = (loss * mask).sum() / normalizer
+        scale = self._token_scale(inputs, normalizer)
+        total = (loss * mask * scale).sum()
 
         def global_mean(x: torch.Tensor, where: torch.Tensor) -> float:
             sums = torch.stack([(x * where).sum(), where.sum()]).detach().float()
@@ -321,12 +360,12 @@ class AlignFGRPOTrainer(AlignGRPOTrainer):
         is_negative = mask * (advantages < 0).to(mask.dtype)[:, None]
         # Each micro-batch's loss is its share of the step's token mean; logged values are rescaled to the step's
         # scale (TRL averages the micro-batches' entries), so the parts add up to the logged loss.
-        scale = self.current_gradient_accumulation_steps if training else 1
+        steps = self.current_gradient_accumulation_steps if training else 1
         metrics = self._metrics[mode]
         metrics["fgrpo/loss_positive"].append(self.accelerator.reduce(
-            ((positive * mask).sum() / normalizer).detach() * scale, reduction="mean").item())
+            (positive * mask * scale).sum().detach() * steps, reduction="mean").item())
         metrics["fgrpo/loss_negative"].append(self.accelerator.reduce(
-            ((negative * mask).sum() / normalizer).detach() * scale, reduction="mean").item())
+            (negative * mask * scale).sum().detach() * steps, reduction="mean").item())
         metrics["fgrpo/r_positive"].append(global_mean(r, is_positive))
         metrics["fgrpo/r_negative"].append(global_mean(r, is_negative))
         metrics["fgrpo/clamp_frac"].append(global_mean(hit.to(mask.dtype), mask))

@@ -4,9 +4,10 @@ The loss is TRL's, unchanged: `loss_type` grpo | dapo | dr_grpo | bnpo, and GSPO
 `importance_sampling_level="sequence"`. This subclass only observes. At every optimizer step it adds
 
   groups/zero_variance_frac  fraction of groups whose rewards are all equal (their advantages are all zero)
-  groups/solved_frac         fraction of groups with at least one completion scoring > 0
+  groups/solved_frac         fraction of groups with at least one successful completion: reward > success_threshold
+                             (0 for GRPO; SAGE's algorithm.success_threshold)
   groups/within_group_std    mean within-group reward std
-  groups/never_solved_frac   distinct prompts trained on so far with no completion scoring > 0 yet (checkpointed)
+  groups/never_solved_frac   distinct prompts trained on so far with no successful completion yet (checkpointed)
   timing/{generation,reward,ref_logprobs,other,update,step}_s
                              wall time per phase; `ref_logprobs` is every no-grad log-prob forward of the rollout
                              (the reference model, and the old policy when steps_per_generation > 1); `other` is the
@@ -66,6 +67,8 @@ class AlignGRPOTrainer(CompleteCheckpoints, GRPOTrainer):
     # Timed phases inside the rollout; a subclass that adds one (SAGE's hint generation) extends this tuple.
     _rollout_phases: tuple[str, ...] = ("generation", "reward", "ref_logprobs")
 
+    # A completion succeeds when its reward is above this (the solved / never-solved diagnostics); SAGE sets its own.
+    success_threshold: float = 0.0
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._phases = PhaseTimer()
@@ -138,7 +141,7 @@ class AlignGRPOTrainer(CompleteCheckpoints, GRPOTrainer):
         # returned None (also under multi_objective_aggregation=normalize_then_sum, which only changes advantages).
         rewards = combine_rewards(rewards_per_func, self.reward_weights)
         group_size = self.num_generations if self._mode == "train" else self.num_generations_eval
-        stats = group_stats(rewards, group_size)
+        stats = group_stats(rewards, group_size, self.success_threshold)
         for name, value in stats.metrics().items():
             self._metrics[self._mode][f"groups/{name}"].append(value)
         if self._mode == "train":

@@ -324,6 +324,7 @@ class AlignSAGETrainer(AlignGRPOTrainer):
             raise ValueError(f"SAGE re-rolls whole groups on the process that holds them: each process's generation "
                              f"batch ({local_batch}) must be a multiple of num_generations ({self.num_generations}).")
         self.sage = sage
+        self.success_threshold = sage.success_threshold
         self.hint_state = HintState()
         self._rows: list[dict] | None = None  # the dataset rows of the rollout in progress
         self._final_rewards: torch.Tensor | None = None
@@ -417,7 +418,7 @@ class AlignSAGETrainer(AlignGRPOTrainer):
 
     def _group_stats(self, rollout: _Rollout) -> GroupStats:
         rewards = combine_rewards(rollout.rewards, self.reward_weights)
-        return group_stats(rewards, self.num_generations, self.sage.success_threshold)
+        return group_stats(rewards, self.num_generations, self.success_threshold)
 
     def _finish(self, rollout: _Rollout, light_keys: list[str] | None = None,
                 new_hints: dict[int, list[str]] | None = None) -> GroupStats:

@@ -78,10 +78,26 @@ def test_algorithm_settings_reach_trl():
         "sequence", "grpo", 3e-4, 4e-4, 0.02, 5)
 
 
+def test_every_loss_type_trls_grpo_loss_implements_is_accepted():
+    import inspect
+
+    from trl import GRPOTrainer
+
+    from align.config import grpo_loss_types
+
+    loss_source = inspect.getsource(GRPOTrainer._compute_loss)
+    assert {"grpo", "dapo", "dr_grpo", "bnpo", "cispo", "sapo", "luspo", "vespo"} <= set(grpo_loss_types())
+    assert all(f'"{name}"' in loss_source for name in grpo_loss_types()), "a listed loss type TRL's loss never reads"
+
+
 @pytest.mark.parametrize("overrides", [
     ["algorithm.loss_type=grpo"],
     ["algorithm.loss_type=dr_grpo"],
     ["algorithm.loss_type=bnpo"],
+    ["algorithm.loss_type=cispo"],
+    ["algorithm.loss_type=sapo"],
+    ["algorithm.loss_type=luspo", "algorithm.importance_sampling_level=sequence"],  # LUSPO is sequence-level
+    ["algorithm.loss_type=vespo"],
     ["algorithm=gspo"],
     ["algorithm.beta=0.04"],  # loads a reference model: the ref_logprobs phase is measured
 ])

@@ -13,6 +13,11 @@ def only_rank_one(prompts, completions, **kwargs):
     return [float(os.environ.get("RANK", "0") == "1")] * len(completions)
 
 
+def half(prompts, completions, **kwargs):
+    """Every completion scores 0.5: a success or not depending on the success threshold."""
+    return [0.5] * len(completions)
+
+
 def always(prompts, completions, **kwargs):
     """Every completion succeeds."""
     return [1.0] * len(completions)

@@ -13,6 +13,7 @@ from align.trainers.fgrpo import (
     fgrpo_token_loss,
     fpa_loss,
     get_divergence,
+    group_token_weights,
 )
 
 NAMES = ["kl", "reverse_kl", "pearson", "hellinger", "js", "tv"]
@@ -271,3 +272,15 @@ def test_fpa_loss_checks_shapes():
         fpa_loss(torch.zeros(2, 3), torch.zeros(2, 3), "js")
     with pytest.raises(ValueError, match="P > 0"):
         fpa_loss(torch.zeros(0), torch.zeros(0), "js")
+
+
+def test_group_token_weights_average_within_groups_then_over_groups():
+    # groups of 2: (1 + 3) and (4 + 4) tokens -> 1 / (2 groups x 4) and 1 / (2 x 8) per token
+    weights = group_token_weights(torch.tensor([1, 3, 4, 4]), 2)
+    assert weights.tolist() == [1 / 8, 1 / 8, 1 / 16, 1 / 16]
+    assert (weights * torch.tensor([1, 3, 4, 4])).sum().item() == pytest.approx(1.0)  # all tokens weigh 1 in total
+    # equal group lengths: the same weight as the batch token mean, 1 / 12
+    assert group_token_weights(torch.tensor([2, 4, 3, 3]), 2).tolist() == pytest.approx([1 / 12] * 4, rel=1e-6)
+    assert group_token_weights(torch.tensor([0, 0, 2, 2]), 2).tolist() == [0.0, 0.0, 1 / 8, 1 / 8]  # empty group
+    with pytest.raises(ValueError, match="do not split into groups of 3"):
+        group_token_weights(torch.tensor([1, 2, 3, 4]), 3)

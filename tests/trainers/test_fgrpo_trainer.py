@@ -14,7 +14,7 @@ from align.data import rows_to_dataset
 from align.data.synthetic import arithmetic
 from align.models import ensure_tiny, load_causal_lm, load_tokenizer
 from align.trainers.common import training_arguments
-from align.trainers.fgrpo import build_fgrpo_trainer
+from align.trainers.fgrpo import build_fgrpo_trainer, group_token_weights
 from align.trainers.grpo import build_grpo_trainer
 from tests.conftest import compose
 
@@ -84,6 +84,49 @@ def test_pearson_gradient_at_the_reference_is_beta_times_the_policy_gradient(tmp
     for name in g_f:
         torch.testing.assert_close(g_f[name], beta * g_pg[name], rtol=1e-4, atol=1e-7, msg=name)
     assert max(g.abs().max().item() for g in g_f.values()) > 1e-4  # the identity is not 0 == 0
+
+
+def test_group_normalization_averages_each_groups_tokens_then_the_groups(tmp_path):
+    """Two groups of 2 with 8 and 10 completion tokens and a constant r, so each row's token loss is one number c_i:
+    `batch` gives sum(c_i n_i) / 18, `group` the mean over groups of sum_g(c_i n_i) / T_g; they differ here and
+    coincide when the groups are equally long."""
+    beta, shift = 0.1, 0.5
+    overrides = ["algorithm.divergence=pearson", f"algorithm.beta={beta}", "algorithm.num_generations=2"]
+    by_batch = trainer_for("fgrpo", tmp_path / "b", overrides)
+    by_group = trainer_for("fgrpo", tmp_path / "g", [*overrides, "algorithm.normalization=group"])
+    by_group.model.load_state_dict(by_batch.model.state_dict())
+    advantages = [1.2, -0.7, 0.4, -0.9]
+    inputs = with_reference(by_batch, batch(by_batch.model.config.vocab_size, advantages))
+    inputs["ref_per_token_logps"] = inputs["ref_per_token_logps"] - shift  # r = beta * shift on every token
+    lengths = inputs["completion_mask"].sum(dim=1)
+    assert lengths.tolist() == [5, 3, 5, 5]
+    v = beta * shift
+    per_row = [abs(a) * (-v if a > 0 else v + v * v / 4) for a in advantages]  # Pearson's two terms
+    contribution = [c * n for c, n in zip(per_row, lengths.tolist())]
+    with torch.no_grad():
+        batch_loss = by_batch._compute_loss(by_batch.model, inputs)
+        group_inputs = {**inputs, "token_weight": group_token_weights(lengths, 2)}
+        group_loss = by_group._compute_loss(by_group.model, group_inputs)
+    assert batch_loss.item() == pytest.approx(sum(contribution) / 18, rel=1e-4)
+    expected = (sum(contribution[:2]) / 8 + sum(contribution[2:]) / 10) / 2
+    assert group_loss.item() == pytest.approx(expected, rel=1e-4)
+    assert abs(group_loss.item() - batch_loss.item()) > 1e-4
+    equal = {**inputs, "completion_mask": torch.ones_like(inputs["completion_mask"])}
+    equal["num_items_in_batch"] = equal["completion_mask"].sum()
+    equal["token_weight"] = group_token_weights(equal["completion_mask"].sum(dim=1), 2)
+    with torch.no_grad():
+        torch.testing.assert_close(by_group._compute_loss(by_group.model, equal),
+                                   by_batch._compute_loss(by_batch.model, equal))
+
+
+def test_group_normalization_trains_and_attaches_weights_to_the_rollout(tiny_run):
+    from align.train import run
+
+    summary = run(compose(["algorithm=fgrpo", "algorithm.normalization=group", *tiny_run, "eval.enabled=false",
+                           "trainer.max_steps=1"]))
+    [entry] = [e for e in json.loads((Path(summary["run_dir"]) / "trainer_state.json").read_text())["log_history"]
+               if "loss" in e]
+    assert torch.isfinite(torch.tensor(entry["loss"]))
 
 
 @pytest.mark.parametrize("divergence", ["kl", "reverse_kl", "pearson", "hellinger", "js", "tv"])

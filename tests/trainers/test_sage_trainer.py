@@ -84,6 +84,17 @@ def test_sage_escalates_collapsed_groups_to_level_3_and_the_loss_sees_hinted_pro
     assert len(hints) == 4 and all(h["hint"] == ["one", "two", "three"] and h["level"] == 3 for h in hints)
 
 
+def test_group_diagnostics_count_successes_at_sages_threshold(hint_writer, tmp_path):
+    """Reward 0.5 everywhere with success_threshold 0.7: no completion succeeds, so every group collapses, and the
+    solved / never-solved diagnostics agree with SAGE's collapse test rather than with 'reward > 0'."""
+    trainer = make_trainer(hint_writer, tmp_path / "run", reward="tests.trainers.sage_rewards:half", max_steps=1,
+                           success_threshold=0.7)
+    trainer.train()
+    assert logged(trainer, "sage/collapsed_frac_before") == [1.0]
+    assert logged(trainer, "groups/solved_frac") == [0.0]
+    assert logged(trainer, "groups/never_solved_frac") == [1.0]
+
+
 def test_escalation_stops_per_group_and_rows_stay_with_their_group(hint_writer, tmp_path):
     """One group succeeds at its level-1 re-roll, the other never: the loss batch holds the first group at level 1 and
     the second at level 3, and each row's reward is its own group's."""
