@@ -198,20 +198,34 @@ def shared_run_dir(config: AlignConfig, state) -> tuple[Path, str]:
     """
     from accelerate.utils import broadcast_object_list
 
-    t = config.trainer
     chosen = [None, None, None]  # directory, name, error
     if state.is_main_process:
-        recipe, job, sweep = _hydra_context()
-        name = t.run_name or f"{recipe or config.algorithm.name}-{sweep or time.strftime('%Y%m%d-%H%M%S')}"
-        name = name if job is None else f"{name}-{job}"
-        directory = Path(t.output_dir) / (str(job) if job is not None else "") if t.output_dir else \
-            Path(t.output_root) / name
+        directory, name = _planned_run_dir(config)
         chosen = [str(directory.resolve()), name, _run_dir_problem(directory, config)]
     if state.num_processes > 1:
         broadcast_object_list(chosen, from_process=0)
     if chosen[2]:
         raise ConfigError(chosen[2])
     return Path(chosen[0]), chosen[1]
+
+
+def _planned_run_dir(config: AlignConfig) -> tuple[Path, str]:
+    """(directory, name) of this run as `shared_run_dir` describes them; a default name holds this second."""
+    t = config.trainer
+    recipe, job, sweep = _hydra_context()
+    name = t.run_name or f"{recipe or config.algorithm.name}-{sweep or time.strftime('%Y%m%d-%H%M%S')}"
+    name = name if job is None else f"{name}-{job}"
+    directory = Path(t.output_dir) / (str(job) if job is not None else "") if t.output_dir else \
+        Path(t.output_root) / name
+    return directory, name
+
+
+def check_run_dir(config: AlignConfig) -> None:
+    """Refuse a run directory this run may not write into (ConfigError), before anything loads. Every rank checks
+    for itself (they see the same files); `shared_run_dir` checks rank 0's choice again when it opens the run."""
+    problem = _run_dir_problem(_planned_run_dir(config)[0], config)
+    if problem:
+        raise ConfigError(problem)
 
 
 def _run_dir_problem(directory: Path, config: AlignConfig) -> str | None:
@@ -479,6 +493,7 @@ def run(cfg: DictConfig) -> dict:
 
     config: AlignConfig = OmegaConf.to_object(cfg)
     validate(config)
+    check_run_dir(config)
     resolve_model_path(config.model.path)  # a missing local path fails here, before anything is loaded
     if config.model.lora.r:
         check_lora_targets(config.model.path, config.model.lora.target_modules, revision=config.model.revision,

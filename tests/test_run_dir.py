@@ -73,15 +73,18 @@ def test_a_foreign_directory_is_refused_before_loading_and_left_untouched(tmp_pa
     (out / "checkpoint-1").mkdir(parents=True)
     (out / "checkpoint-1" / "important.txt").write_text("x\n")
     (out / "README.md").write_text("notes\n")
-    result = subprocess.run([sys.executable, "-m", "align.train", f"trainer.output_dir={out}", "trainer.max_steps=2",
+    # `python -m align.train ...`, reporting at exit which of align's loaders ran
+    entry = ("import sys\nfrom align.train import main\ntry:\n    main()\nfinally:\n"
+             "    print('loaders:', [m for m in ('align.data', 'align.models') if m in sys.modules])")
+    result = subprocess.run([sys.executable, "-c", entry, f"trainer.output_dir={out}", "trainer.max_steps=2",
                              "trainer.save_steps=1", "eval.enabled=false"],
                             cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2, result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("align: error:")]
-    assert errors == [f"align: error: trainer.output_dir {out} is not empty and holds no align run; choose an empty "
-                      f"or new directory."], result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"align: error: trainer.output_dir {out} is not empty and holds no align run; choose an empty or new "
+        f"directory."], result.stderr
     assert "Traceback" not in result.stderr
-    assert "run directory:" not in result.stdout, "refused before the run directory is opened"
+    assert "loaders: []" in result.stdout, "refused before any data or model code ran"
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == \
         ["README.md", "checkpoint-1", "checkpoint-1/important.txt"]
     assert (out / "checkpoint-1" / "important.txt").read_text() == "x\n"
