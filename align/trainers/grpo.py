@@ -35,6 +35,7 @@ from align.checkpoints import CompleteCheckpoints
 from align.config import GRPOAlgorithmConfig
 from align.rollout import SolvedPrompts, combine_rewards, group_stats, prompt_key
 from align.timing import PhaseTimer
+from align.tracking import RedactedArguments
 
 
 class _StepBoundaries(TrainerCallback):
@@ -189,10 +190,14 @@ class AlignGRPOTrainer(CompleteCheckpoints, GRPOTrainer):
         metrics["perf/tokens_per_s"].append(tokens / seconds["step"] if seconds["step"] > 0 else 0.0)
 
 
+class AlignGRPOConfig(RedactedArguments, GRPOConfig):
+    """TRL's GRPOConfig, logged and pickled without credentials."""
+
+
 def grpo_config(algo: GRPOAlgorithmConfig, common_args: dict, reward_weights: list[float], *,
                 log_completions: bool = False, trust_remote_code: bool = False) -> GRPOConfig:
     """TRL's GRPOConfig from align's algorithm node plus the arguments every trainer shares."""
-    return GRPOConfig(
+    return AlignGRPOConfig(
         **common_args, loss_type=algo.loss_type, importance_sampling_level=algo.importance_sampling_level,
         num_generations=algo.num_generations, beta=algo.beta, epsilon=algo.epsilon, epsilon_high=algo.epsilon_high,
         scale_rewards=algo.scale_rewards, temperature=algo.temperature, top_p=algo.top_p,

@@ -39,10 +39,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import TrainerCallback
-from trl import DPOTrainer
+from trl import DPOConfig, DPOTrainer
 
 from align.checkpoints import CompleteCheckpoints
 from align.config import MULTIREF_WEIGHTINGS
+from align.tracking import RedactedArguments
 
 # --------------------------------------------------------------------------------------------------------------------
 # Losses
@@ -578,17 +579,19 @@ def pairs_dataset(ids: list[dict], references: list | None = None):
     return Dataset.from_dict(columns)
 
 
+class AlignDPOConfig(RedactedArguments, DPOConfig):
+    """TRL's DPOConfig, logged and pickled without credentials."""
+
+
 def build_multiref_dpo_trainer(model, tokenizer, train_dataset, algo, reference_names: list[str], common_args: dict,
                                *, validation=None, eval_dataset=None, peft_config=None) -> MultiRefDPOTrainer:
     """The trainer for `algo` (a MultiRefDPOAlgorithmConfig). `validation` carries reference log-probs (vdw / vaw
     read its margins, tsw scores the policy on it); `eval_dataset` (policy token ids only) is evaluated before
     training, every `algo.eval_steps` and at the end."""
-    from trl import DPOConfig
-
     evaluate = eval_dataset is not None
-    args = DPOConfig(**common_args, beta=algo.beta, max_length=None, precompute_ref_log_probs=True,
-                     eval_strategy="steps" if evaluate and algo.eval_steps else "no",
-                     eval_steps=algo.eval_steps or None, eval_on_start=evaluate, **algo.trl)
+    args = AlignDPOConfig(**common_args, beta=algo.beta, max_length=None, precompute_ref_log_probs=True,
+                          eval_strategy="steps" if evaluate and algo.eval_steps else "no",
+                          eval_steps=algo.eval_steps or None, eval_on_start=evaluate, **algo.trl)
     margins = None
     if validation is not None and len(validation):
         margins = (torch.tensor(validation["ref_chosen_logps"], dtype=torch.float64)

@@ -101,10 +101,11 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from trl import RewardTrainer
+from trl import RewardConfig, RewardTrainer
 
 from align.checkpoints import CompleteCheckpoints
 from align.numerics import upcast
+from align.tracking import RedactedArguments
 
 log = logging.getLogger(__name__)
 
@@ -1013,6 +1014,10 @@ def _as_data_error():
         raise DataError(str(err)) from err
 
 
+class AlignRewardConfig(RedactedArguments, RewardConfig):
+    """TRL's RewardConfig, logged and pickled without credentials."""
+
+
 def build_reward_model_trainer(model, tokenizer, train_rows: list[dict], held_out_rows: list[dict] | None, algo,
                                common_args: dict, peft_config=None) -> AlignRewardTrainer:
     """The trainer for `algo` (RewardModelAlgorithmConfig) on canonical rows (align.data.preferences).
@@ -1022,7 +1027,6 @@ def build_reward_model_trainer(model, tokenizer, train_rows: list[dict], held_ou
     AlignRewardTrainer / AlignCausalRMTrainer with TRL's RewardConfig.
     """
     from datasets import Dataset
-    from trl import RewardConfig
 
     data, objective = algo.data, algo.objective
     # TRL sets this inside its constructor; CausalRM's feature pass runs before, and Llama / Qwen configs have none.
@@ -1064,10 +1068,11 @@ def build_reward_model_trainer(model, tokenizer, train_rows: list[dict], held_ou
     if algo.eval_steps and held_out:
         eval_args.update(eval_strategy="steps", eval_steps=algo.eval_steps)
     # prediction_loss_only: held-out metrics come from compute_loss's full-set buffer, not from predictions.
-    args = RewardConfig(**{**common_args, "max_length": None, "disable_dropout": True, "prediction_loss_only": True,
-                           "center_rewards_coefficient": algo.center_rewards_coefficient,
-                           "per_device_eval_batch_size": common_args["per_device_train_batch_size"],
-                           **eval_args, **algo.trl})
+    args = AlignRewardConfig(**{**common_args, "max_length": None, "disable_dropout": True,
+                                "prediction_loss_only": True,
+                                "center_rewards_coefficient": algo.center_rewards_coefficient,
+                                "per_device_eval_batch_size": common_args["per_device_train_batch_size"],
+                                **eval_args, **algo.trl})
     trainer_class = AlignCausalRMTrainer if objective == "causal_rm" else AlignRewardTrainer
     return trainer_class(model=model, args=args, data_collator=RewardCollator(tokenizer.pad_token_id),
                          train_dataset=Dataset.from_list(train),

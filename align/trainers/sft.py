@@ -9,6 +9,7 @@ from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
 from align.checkpoints import CompleteCheckpoints
+from align.tracking import RedactedArguments
 
 
 def to_prompt_completion(dataset: Dataset, completion_column: str) -> Dataset:
@@ -23,6 +24,10 @@ class AlignSFTTrainer(CompleteCheckpoints, SFTTrainer):
     """TRL's SFT trainer with checkpoints that are marked complete once fully written."""
 
 
+class AlignSFTConfig(RedactedArguments, SFTConfig):
+    """TRL's SFTConfig, logged and pickled without credentials."""
+
+
 def build_sft_trainer(model, tokenizer, train_dataset: Dataset, completion_column: str | None, max_length: int,
                       common_args: dict, trl_overrides: dict | None = None, callbacks=None,
                       peft_config=None) -> SFTTrainer:
@@ -30,7 +35,7 @@ def build_sft_trainer(model, tokenizer, train_dataset: Dataset, completion_colum
     prompt/completion chats."""
     if completion_column is not None:
         train_dataset = to_prompt_completion(train_dataset, completion_column)
-    args = SFTConfig(**{**common_args, "max_length": max_length, "completion_only_loss": True,
-                        "remove_unused_columns": True, **(trl_overrides or {})})
+    args = AlignSFTConfig(**{**common_args, "max_length": max_length, "completion_only_loss": True,
+                             "remove_unused_columns": True, **(trl_overrides or {})})
     return AlignSFTTrainer(model=model, args=args, train_dataset=train_dataset,
                       processing_class=tokenizer, callbacks=callbacks, peft_config=peft_config)
