@@ -218,3 +218,16 @@ def test_module_help_states_the_usage():
     assert result.returncode == 0, result.stderr
     assert "--reward-model" in result.stdout and "--select" in result.stdout and "python -m align.best_of_n" in \
         result.stdout
+
+
+def test_a_missing_prompt_column_names_the_flag(tmp_path):
+    """The loader's messages speak of the training config (data.columns.prompt); this CLI's setting is a flag."""
+    from align.best_of_n import _load_prompts
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"question": "Compute 1+1."}) + "\n")
+    with pytest.raises(BestOfNError, match=r"^--prompt-column is 'nope', but column 'nope' is not in") as err:
+        _load_prompts(str(prompts), "nope", None)
+    assert "data.columns" not in str(err.value)
+    with pytest.raises(BestOfNError, match=r"column 'prompt' is missing .* Map it with --prompt-column=<your column>"):
+        _load_prompts(str(prompts), "prompt", None)
