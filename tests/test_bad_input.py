@@ -97,7 +97,7 @@ BAD_INPUT = [
     ("model-is-data", lambda tmp: ["model.path=" + str(Path(_write(tmp / "train.jsonl", b"{}")).parent)],
      "is a directory without config.json, so not a model checkpoint"),
     ("sft-column", lambda tmp: ["recipe=sft-arithmetic-tiny", "algorithm.completion_column=nope"],
-     "column 'nope' is missing from synthetic:arithmetic (split train); available columns: ['prompt', "),
+     "'hints']. Set algorithm.completion_column to one of them."),  # not data.columns.nope, which does not exist
 ]
 
 
