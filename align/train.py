@@ -44,6 +44,16 @@ from align.config import (
     validate,
 )
 
+from align.console import (
+    DPO_COLUMNS,
+    GRPO_COLUMNS,
+    REWARD_MODEL_COLUMNS,
+    SFT_COLUMNS,
+    describe_launch,
+    help_text,
+    quiet_dependencies,
+)
+from align.tracking import redact_override
 log = logging.getLogger("align")
 
 # In a clone these are symlinks to the repository's configs/ and recipes/; a wheel carries them as package data.
@@ -144,8 +154,8 @@ def check_config(overrides: list[str], multirun: bool = False) -> None:
     points = BasicSweeper.split_arguments(parsed, None)[0] if multirun else [overrides]
     with initialize_config_dir(config_dir=str(CONFIGS_DIR), version_base="1.3"):
         for number, point in enumerate(points):
-            where = f"sweep point {number} ({' '.join(o for o in point if o.split('=', 1)[0] in swept)}): " \
-                if multirun else ""
+            values = " ".join(redact_override(o) for o in point if o.split("=", 1)[0] in swept)
+            where = f"sweep point {number} ({values}): " if multirun else ""
             try:
                 cfg = compose(config_name="config", overrides=point, return_hydra_config=True)
                 launcher = cfg.hydra.launcher
