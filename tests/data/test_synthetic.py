@@ -83,3 +83,26 @@ def test_load_splits_synthetic_errors_name_the_key():
         load_splits(DataConfig(synthetic=SyntheticConfig(task="algebra")))
     with pytest.raises(DataError, match=r"Only 100 distinct .*data.synthetic.num_train"):
         load_splits(DataConfig(synthetic=SyntheticConfig(num_train=101, digits=1)))
+
+
+def test_chat_task_asks_the_same_problems_as_word_problems_with_a_boxed_system_prompt():
+    from align.data.synthetic import CHAT_SYSTEM_PROMPT
+
+    plain_train, plain_held_out = arithmetic_splits(40, 10, operators=("+", "-"), seed=5)
+    chat_train, chat_held_out = TASKS["arithmetic_chat"](40, 10, operators=("+", "-"), seed=5)
+    for plain, chat in zip(plain_train + plain_held_out, chat_train + chat_held_out):
+        assert {k: v for k, v in chat.items() if k != "prompt"} == {k: v for k, v in plain.items() if k != "prompt"}
+        system, user = chat["prompt"]
+        assert system == {"role": "system", "content": CHAT_SYSTEM_PROMPT} and "\\boxed{}" in system["content"]
+        a, op, b = QUESTION.match(question(plain)).groups()
+        assert user["role"] == "user" and user["content"].endswith("?")
+        assert re.findall(r"\d+", user["content"]) == [a, b]
+        assert ("more" in user["content"] or "afternoon" in user["content"] or "another" in user["content"]) == \
+            (op == "+")
+    assert len({row["prompt"][1]["content"] for row in chat_train + chat_held_out}) == 50  # still distinct
+
+
+def test_chat_task_loads_through_the_data_config():
+    cfg = DataConfig(synthetic=SyntheticConfig(task="arithmetic_chat", num_train=8, num_eval=4))
+    train, held_out = load_splits(cfg, required=("prompt", "answer", "solution"))
+    assert [m["role"] for m in train[0]["prompt"]] == ["system", "user"] and len(held_out) == 4
