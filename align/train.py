@@ -19,6 +19,7 @@ import inspect
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import time
@@ -306,8 +307,9 @@ def _changed_run_settings(saved_config: Path, config: AlignConfig) -> str | None
             f"trainer.run_name for a new run.")
 
 
-def _resume_checkpoint(config: AlignConfig, run_dir: Path, state) -> str | None:
-    """With resume=auto, the newest complete checkpoint in the run directory (chosen on rank 0, shared), else None."""
+def _resume_checkpoint(config: AlignConfig, run_dir: Path, state, stage: str = "") -> str | None:
+    """With resume=auto, the newest complete checkpoint in `run_dir` (chosen on rank 0, shared), else None; `stage`
+    names what it continues in the announcement (e.g. "the warm start")."""
     from accelerate.utils import broadcast_object_list
 
     from align.checkpoints import COMPLETE_MARKER, newest_complete_checkpoint
@@ -324,7 +326,7 @@ def _resume_checkpoint(config: AlignConfig, run_dir: Path, state) -> str | None:
                          f"{state.num_processes}; optimizer shards and the data split across ranks depend on it. "
                          f"Launch {processes} processes to resume.")
         else:
-            print(f"[align] resume=auto: continuing from {newest.name}" if newest else
+            print(f"[align] resume=auto: continuing {stage + ' ' if stage else ''}from {newest.name}" if newest else
                   "[align] resume=auto: no complete checkpoint yet, starting from the beginning", flush=True)
     if state.num_processes > 1:
         broadcast_object_list(chosen, from_process=0)
@@ -333,45 +335,80 @@ def _resume_checkpoint(config: AlignConfig, run_dir: Path, state) -> str | None:
     return chosen[0]
 
 
-def _train(trainer, checkpoint: str | None):
-    """`trainer.train()` from `checkpoint` (or the start) with preemption handling; the `Preemption` callback
-    (its `stopped_at` is set when a signal stopped training early)."""
-    from align.checkpoints import Preemption
+def _train(trainer, checkpoint: str | None, run_dir: Path, phase: str = "training",
+           end_phase: str = "the final evaluation") -> None:
+    """`trainer.train()` from `checkpoint` (or the start). A stop signal ends it at the next step boundary that can
+    be checkpointed, or after its `on_train_end` work (`end_phase`: align's final held-out evaluation), and raises
+    `Stopped` once that step's checkpoint is kept (`_stop_if_requested`)."""
+    from align.preemption import STOP, Preemption
     from align.run_dir import mark_started
 
     if trainer.accelerator.is_main_process:
-        mark_started(Path(trainer.args.output_dir))
-    preemption = Preemption(trainer.accelerator, getattr(trainer, "checkpoint_step_multiple", 1))
+        mark_started(run_dir)
     # Right after the Trainer's flow callback: callbacks that evaluate at step ends see the stop and skip.
-    trainer.callback_handler.callbacks.insert(1, preemption)
-    with preemption:
-        trainer.train(resume_from_checkpoint=checkpoint)
-    return preemption
+    trainer.callback_handler.callbacks.insert(1, Preemption(getattr(trainer, "checkpoint_step_multiple", 1),
+                                                            end_phase=end_phase))
+    STOP.phase = phase
+    trainer.train(resume_from_checkpoint=checkpoint)
+    _stop_if_requested(trainer)
 
 
-def _preempted_summary(config: AlignConfig, state, run_dir: Path, preemption) -> dict:
-    """Stop after a preemption save (requeueing the job when SIGUSR1 asked for it under Slurm); the summary carries
-    the exit status every rank ends with."""
+def _stop_if_requested(trainer) -> None:
+    """A phase boundary after training (or its final evaluation): on a stop request, keep a complete checkpoint of
+    the current step, which the `Preemption` callback saved, or saved now for a signal that came after the last
+    step, and raise `Stopped`. A resume from it trains no further and redoes only what came after training."""
     from accelerate.utils import broadcast_object_list
 
-    from align.checkpoints import requeue_or_exit_code
+    from align.checkpoints import is_complete
+    from align.preemption import STOP
+
+    def keep() -> str:
+        folder = Path(trainer.args.output_dir) / f"checkpoint-{trainer.state.global_step}"
+        missing = [not is_complete(folder)]  # rank 0's view: it writes the marker
+        if trainer.accelerator.num_processes > 1:
+            broadcast_object_list(missing, from_process=0)
+        if missing[0]:
+            trainer._save_checkpoint(trainer.model_wrapped, trial=None)  # what the Trainer calls at a save step
+        return str(folder)
+
+    STOP.check(keep)
+
+
+def _kept(run_dir: Path) -> str:
+    """What a resume of the run in `run_dir` continues from, in words (for the line a stop ends with)."""
+    from align.checkpoints import checkpoints, is_complete
+
+    complete = [path for _, path in checkpoints(run_dir) if is_complete(path)]
+    if complete:
+        return str(complete[-1])
+    if (run_dir / "warm_start" / "final").is_dir():
+        return f"the warm-started model {run_dir / 'warm_start' / 'final'} (no training checkpoint yet)"
+    return f"the run directory {run_dir} (no checkpoint yet)"
+
+
+def _stopped_summary(cfg: DictConfig, stopped) -> dict:
+    """End a run that a stop signal stopped: trackers flushed, one line from rank 0, the job requeued where SIGUSR1
+    asked for it under Slurm; the summary carries the exit status every rank ends with."""
+    from accelerate.utils import broadcast_object_list
+
+    from align.preemption import after_stop
     from align.tracking import finish_tracking
+    from align.trainers.common import distributed_state
 
     if os.environ.get("SLURM_JOB_ID"):
         # A requeue (or the preemption itself) sends SIGTERM to every task, SIGKILL after KillWait: it must not
         # kill a process before the tracker is flushed and the process group left cleanly.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    step = preemption.stopped_at
-    finish_tracking(config.logger, state.is_main_process)
+    state = distributed_state()
+    finish_tracking(cfg.logger, state.is_main_process)
     state.wait_for_everyone()
     code = [None]
     if state.is_main_process:
-        print(f"[align] stopped at step {step} on a preemption signal; checkpoint: {run_dir}/checkpoint-{step}. "
-              f"Run again with resume=auto to continue.", flush=True)
-        code = [requeue_or_exit_code(preemption.requeue)]
+        code[0], next_step = after_stop(stopped.requeue, stopped.interrupted)
+        print(f"[align] {stopped}; {next_step}", flush=True)
     if state.num_processes > 1:  # one status for all: srun --kill-on-bad-exit would end rank 0 early otherwise
         broadcast_object_list(code, from_process=0)
-    return {"run_dir": str(run_dir), "preempted_at": step, "exit_code": code[0]}
+    return {"stopped_during": stopped.phase, "kept": stopped.kept, "exit_code": code[0]}
 
 
 def _required_columns(config: AlignConfig) -> dict[str, str | None]:
@@ -433,8 +470,13 @@ def _save_final(trainer, tokenizer, directory: Path) -> None:
         trainer.save_state()
 
 
-def _warm_start(config: AlignConfig, model_path: str, tokenizer, train_dataset, run_dir: Path, run_name: str) -> str:
-    """SFT on reference solutions; returns the path of the warm-started model."""
+def _warm_start(config: AlignConfig, model_path: str, tokenizer, train_dataset, run_dir: Path, run_name: str,
+                state) -> str:
+    """SFT on reference solutions; returns the path of the warm-started model, `warm_start/final`, which appears
+    (by a rename) only once complete. A stop signal ends the warm start at a step boundary with a checkpoint in
+    `warm_start/` and raises `Stopped`; with resume=auto the next attempt continues from that checkpoint, or reuses
+    `warm_start/final` when the warm start had finished."""
+    from align.checkpoints import checkpoints
     from align.models import load_causal_lm
     from align.run_dir import mark_started
     from align.trainers.common import training_arguments
@@ -443,6 +485,14 @@ def _warm_start(config: AlignConfig, model_path: str, tokenizer, train_dataset, 
     w = config.warm_start
     stage_dir = run_dir / "warm_start"
     common = training_arguments(config, stage_dir, report_to=[], run_name=f"{run_name}-warm-start")
+    final = stage_dir / "final"
+    if final.is_dir():  # an earlier attempt of this run (resume=auto) finished the warm start
+        if state.is_main_process:
+            print(f"[align] resume=auto: the warm start is complete, training starts from {final}", flush=True)
+        return str(final)
+    STOP.phase = "the warm start"
+    checkpoint = _resume_checkpoint(config, stage_dir, state, stage="the warm start") if checkpoints(stage_dir) \
+        else None
     common.update(max_steps=w.max_steps, learning_rate=w.learning_rate, save_strategy="no",
                   per_device_train_batch_size=w.per_device_train_batch_size, lr_scheduler_type="cosine",
                   warmup_steps=min(10, w.max_steps // 10), gradient_accumulation_steps=1)
@@ -461,12 +511,18 @@ def _warm_start(config: AlignConfig, model_path: str, tokenizer, train_dataset, 
     trainer = build_sft_trainer(model, tokenizer, dataset, None, max_length=1024, common_args=common)
     log.info("warm start: SFT for %d steps on '%s'%s", w.max_steps, w.completion_column,
              f" + hint writing and hinted solving from '{w.hints_column}'" if w.hints_column else "")
-    if trainer.accelerator.is_main_process:
-        mark_started(run_dir)
-    trainer.train()
-    _save_final(trainer, tokenizer, stage_dir / "final")
-    trainer.accelerator.wait_for_everyone()
-    return str(stage_dir / "final")
+    _train(trainer, checkpoint, run_dir, phase="the warm start", end_phase="the warm start")
+    staging = stage_dir / ".final-incomplete"
+    if state.is_main_process:
+        shutil.rmtree(staging, ignore_errors=True)  # an earlier attempt's export, cut short
+    _save_final(trainer, tokenizer, staging)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        staging.rename(final)
+        for _, path in checkpoints(stage_dir):  # only a resume of the warm start needed them
+            shutil.rmtree(path)
+    state.wait_for_everyone()
+    return str(final)
 
 
 def _open_run(config: AlignConfig, cfg: DictConfig, detail: str = ""):
@@ -542,7 +598,7 @@ def run(cfg: DictConfig) -> dict:
 
     model_path = config.model.path
     if config.warm_start.max_steps and checkpoint is None:
-        model_path = _warm_start(config, model_path, tokenizer, train_dataset, run_dir, run_name)
+        model_path = _warm_start(config, model_path, tokenizer, train_dataset, run_dir, run_name, state)
     elif config.warm_start.max_steps:  # resuming: the warm-started model stays the base (and the KL reference)
         model_path = str(run_dir / "warm_start" / "final")
         if not (Path(model_path) / "config.json").is_file():
@@ -567,6 +623,7 @@ def run(cfg: DictConfig) -> dict:
             build, extra = build_fgrpo_trainer, {"pairs": pairs}
         else:
             build = build_grpo_trainer
+    STOP.check(lambda: _kept(run_dir))  # a signal during start-up stops before any model is loaded
         trainer = build(model, tokenizer, train_dataset, rewards, weights, algo, common,
                         log_completions=config.logger.log_completions,
                         trust_remote_code=config.model.trust_remote_code, peft_config=_peft_config(config), **extra)
@@ -576,6 +633,7 @@ def run(cfg: DictConfig) -> dict:
         trainer = build_sft_trainer(model, tokenizer, train_dataset, algo.completion_column, algo.max_length,
                                     common_args=common, trl_overrides=algo.trl, peft_config=_peft_config(config))
 
+    STOP.phase = "model loading"
     heldout = None
     if verifier is not None:
         rows = held_out.select(range(min(config.eval.max_samples, len(held_out)))).to_list()
@@ -584,9 +642,7 @@ def run(cfg: DictConfig) -> dict:
                                   metric=config.eval.metric)
         trainer.add_callback(heldout)
 
-    preemption = _train(trainer, checkpoint)
-    if preemption.stopped_at is not None:
-        return _preempted_summary(config, state, run_dir, preemption)
+    _train(trainer, checkpoint, run_dir)
     _save_final(trainer, tokenizer, run_dir / "final")
 
     summary = {"run_dir": str(run_dir), "final_model": str(run_dir / "final")}
@@ -612,6 +668,7 @@ def run(cfg: DictConfig) -> dict:
 
 def _run_reward_model(config: AlignConfig, cfg: DictConfig) -> dict:
     """Train a reward model: data -> tokenizer -> run dir -> model -> held-out metrics before -> train -> after -> save.
+    STOP.check(lambda: _kept(run_dir))
 
     The final model is a sequence-classification checkpoint (safetensors) whose config.json records the objective,
     the head and what scoring needs (anchor thresholds, noise rates); `reward=reward_model` scores with it."""
@@ -644,9 +701,9 @@ def _train_and_report(trainer, tokenizer, config: AlignConfig, state, run_dir: P
     from align.plotting import plot_training_curves
     from align.tracking import finish_tracking
 
-    preemption = _train(trainer, _resume_checkpoint(config, run_dir, state))
-    if preemption.stopped_at is not None:
-        return _preempted_summary(config, state, run_dir, preemption)
+    STOP.check(lambda: _kept(run_dir))  # the model is loaded
+    _train(trainer, _resume_checkpoint(config, run_dir, state), run_dir)
+    STOP.phase = "the final evaluation"
     after = trainer.evaluate() if trainer.eval_dataset is not None else {}
     before = next((entry for entry in trainer.state.log_history if any(key in entry for key in metrics)), {})
     _save_final(trainer, tokenizer, run_dir / "final")
@@ -659,6 +716,7 @@ def _train_and_report(trainer, tokenizer, config: AlignConfig, state, run_dir: P
             if key in after and key in before:
                 name = key.removeprefix("eval_").replace("_", " ")
                 print(f"[align] held-out {name}: {before[key]:.4f} -> {after[key]:.4f}", flush=True)
+    STOP.phase = "model loading"
         print(f"[align] final model: {summary['final_model']}\n[align] plot: {plot}", flush=True)
     finish_tracking(config.logger, state.is_main_process)
     state.wait_for_everyone()
@@ -674,15 +732,17 @@ def _check_references(references) -> None:
         try:
             revision = pinned_revision(reference.path, reference.revision)
             load_tokenizer(reference.path, revision=revision, trust_remote_code=reference.trust_remote_code,
+    from align.preemption import STOP
                            chat_template=reference.chat_template)
         except ModelLoadError as err:
             message = str(err).replace("model.chat_template", f"algorithm.references[{i}].chat_template")
             raise ModelLoadError(f"algorithm.references[{i}] ('{reference.path}'): {message}") from None
 
 
+    _stop_if_requested(trainer)
 def _precompute_references(references, splits: dict[str, list[dict]], algo, announce: bool) -> dict[str, list]:
     """Split name -> one ReferenceLogps per reference: each reference loaded at most once (none on a cache hit),
-    one at a time, and scoring every split."""
+    one at a time, and scoring every split. A stop signal ends the run once the reference being scored is cached."""
     from align.models import cache_dir
     from align.reference_logps import reference_logps
 
@@ -716,9 +776,11 @@ def _run_multiref_dpo(config: AlignConfig, cfg: DictConfig) -> dict:
     references = reference_models(algo)
     train_rows, held_out_rows, _ = load_reward_data(algo.data, "bradley_terry")
     tokenizer = load_tokenizer(config.model.path, revision=config.model.revision,
+    from align.preemption import STOP
                                trust_remote_code=config.model.trust_remote_code,
                                chat_template=config.model.chat_template)
     train_rows, train_ids, dropped = tokenize_pairs(tokenizer, train_rows, algo.data.max_length)
+    STOP.phase = "reference scoring"
     held_out_rows, held_out_ids, dropped_held_out = tokenize_pairs(tokenizer, held_out_rows or [],
                                                                    algo.data.max_length)
     try:
@@ -730,6 +792,7 @@ def _run_multiref_dpo(config: AlignConfig, cfg: DictConfig) -> dict:
     if val_idx and algo.weighting in MULTIREF_NEEDS_VALIDATION:  # the others never read validation margins
         splits["validation"] = [train_rows[i] for i in val_idx]
     detail = (f"; {len(train_idx)} training pairs, {len(val_idx)} validation, {len(held_out_ids)} held out; "
+        STOP.check(lambda k=k: f"the log-probs of {k} of {len(references)} references, cached in {directory}")
               f"{len(references)} references")
     if dropped or dropped_held_out:
         detail += f"; {dropped + dropped_held_out} pairs over {algo.data.max_length} tokens dropped"
@@ -768,6 +831,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
 @hydra.main(config_path=str(CONFIGS_DIR), config_name="config", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
     from align.cluster import adopt_slurm_environment
+    STOP.check(lambda: _kept(run_dir))  # a signal during start-up stops before any reference is scored
 
     adopt_slurm_environment()  # under srun / the Slurm launcher: one process per task, rendezvous from Slurm
     try:
@@ -775,7 +839,8 @@ def _hydra_main(cfg: DictConfig) -> None:
     except _user_errors() as err:
         print(f"align: error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)
-    if "preempted_at" in summary:
+    STOP.phase = "model loading"
+    if "stopped_during" in summary:
         # Exit, even with status 0 after a requeue: a normal return would make submitit record the point as done.
         shutdown_distributed()
         sys.exit(summary["exit_code"])
@@ -813,3 +878,13 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    except KeyboardInterrupt:  # a second Ctrl-C (the first one stops at a point that keeps work), or one before run
+        print(f"[align] stopped at once by Ctrl-C during {_current_phase()}; kept: the complete checkpoints only "
+              f"(resume=auto sets aside a save cut short); run again with resume=auto to continue", flush=True)
+        sys.exit(130)
+
+
+def _current_phase() -> str:
+    # Not imported for it: before a run starts, align.preemption (torch) may not be loaded yet.
+    preemption = sys.modules.get("align.preemption")
+    return preemption.STOP.phase if preemption else "start-up"

@@ -108,3 +108,17 @@ def test_lora_targets_are_checked_against_the_model(smollm2):
     with pytest.raises(ModelLoadError, match=r"model\.lora\.target_modules: \['c_attn'\] name no module of "
                                              r".*LlamaForCausalLM.*: down_proj, gate_proj, k_proj, lm_head"):
         check_lora_targets(SMOLLM2, ["q_proj", "c_attn"])
+
+
+def test_a_run_with_a_misspelt_lora_target_stops_before_loading(smollm2, tmp_path, monkeypatch):
+    from align.train import run
+    from tests.conftest import compose
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("weights were loaded")
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", no_weights)
+    with pytest.raises(ModelLoadError, match=r"model\.lora\.target_modules: \['qproj'\]"):
+        run(compose(["recipe=grpo-arithmetic-smollm2-135m", "model.lora.target_modules=[qproj,v_proj]",
+                     f"trainer.output_dir={tmp_path}/run"]))
+    assert not (tmp_path / "run").exists()
