@@ -1,4 +1,4 @@
-"""Checkpoints that are complete or visibly not, `resume=auto`, and save-and-requeue on preemption.
+"""Checkpoints that are complete or visibly not, and `resume=auto`.
 
 A checkpoint directory counts as complete only once it holds `COMPLETE_MARKER`, written atomically by rank 0 after
 every rank has finished writing its part (weights, optimizer shards, RNG states, the trainer's algorithm state). A
@@ -10,9 +10,8 @@ marker and only over checkpoints that carry one, so at every instant at least on
 one has been written, and a folder align did not complete is never deleted. A save that runs out of disk space ends
 the run with one line naming the newest complete checkpoint (`DiskFullError`).
 
-Preemption: Slurm sends SIGUSR1 before the time limit (`--signal=USR1@<seconds>`) and SIGTERM on preemption. The
-`Preemption` callback turns either into "save at the end of this optimizer step, then stop"; `run` then asks Slurm to
-requeue the job, and the requeued job continues from that checkpoint with `resume=auto`.
+Stop signals (SIGUSR1 before a Slurm time limit, SIGTERM, Ctrl-C) save a checkpoint at a step boundary:
+`align.preemption`. A checkpoint of the last step resumes without training past it.
 """
 
 from __future__ import annotations
@@ -24,23 +23,14 @@ import logging
 import os
 import re
 import shutil
-import signal
-import subprocess
-import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-
-import torch
-from transformers import TrainerCallback
 
 log = logging.getLogger("align")
 
 COMPLETE_MARKER = "align_checkpoint_complete.json"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-PREEMPTION_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
-# Exit status of a run that stopped for preemption outside Slurm: EX_TEMPFAIL, "try again" (with resume=auto).
-EXIT_PREEMPTED = 75
 
 
 def write_json_atomic(obj, path: Path) -> None:
@@ -253,76 +243,3 @@ class CompleteCheckpoints:
         rank, ranks = self.accelerator.process_index, self.accelerator.num_processes
         mine = [(name, file_digest(folder / name)) for name in checkpoint_files(folder)[rank::ranks]]
         return dict(sorted(gather_object(mine) if ranks > 1 else mine))
-
-
-class Preemption(TrainerCallback):
-    """SIGUSR1 / SIGTERM: save a checkpoint at the end of an optimizer step and stop training.
-
-    Use as a context manager around `trainer.train()` (the handlers are installed for its whole duration, including
-    checkpoint loading and the first evaluation, and restored however it ends), and register it before callbacks
-    that do expensive work at step ends, which skip when `control.should_training_stop` is set.
-
-    Ranks may receive the signal at different steps, so each step ends with an all-reduce (max) of the request and
-    all of them stop at the same step. A trainer whose state is only consistent every `step_multiple` optimizer
-    steps (GRPO reusing one generation over several steps) stops at the next such step. A request on the last step
-    still saves a checkpoint there. SIGUSR1 (Slurm's `--signal`, sent before the time limit) asks for a requeue;
-    SIGTERM (preemption, scancel) only saves: a preempting Slurm requeues the job by itself, a cancelled job ends.
-    """
-
-    def __init__(self, accelerator, step_multiple: int = 1):
-        self.accelerator, self.step_multiple = accelerator, step_multiple
-        self.received: int = 0  # the signal number, set by the handler (which does nothing else: it is async)
-        self.stopped_at: int | None = None
-        self.requeue = False
-        self._previous = {}
-
-    def _handle(self, signum, frame):
-        self.received = self.received or signum
-
-    def __enter__(self):
-        if threading.current_thread() is not threading.main_thread():  # Python delivers signals to the main thread
-            log.warning("training runs outside the main thread: SIGUSR1 / SIGTERM will not checkpoint and stop it")
-            return self
-        self._previous = {s: signal.signal(s, self._handle) for s in PREEMPTION_SIGNALS}
-        return self
-
-    def __exit__(self, *exc):
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
-
-    def on_step_end(self, args, state, control, **kwargs):
-        # (requested, asks for a requeue), agreed over the ranks
-        flags = torch.tensor([float(bool(self.received)), float(self.received == signal.SIGUSR1)],
-                             device=self.accelerator.device)
-        if self.accelerator.num_processes > 1:
-            flags = self.accelerator.reduce(flags, reduction="max")
-        requested, requeue = (bool(v) for v in flags.tolist())
-        if not requested or (state.global_step % self.step_multiple and state.global_step < state.max_steps):
-            return
-        control.should_save = True
-        if state.global_step < state.max_steps:
-            control.should_training_stop = True
-            self.stopped_at, self.requeue = state.global_step, requeue
-            if self.accelerator.is_main_process:
-                name = signal.Signals(self.received).name if self.received else "a signal on another rank"
-                print(f"[align] received {name}: saving a checkpoint at step {state.global_step}, then stopping",
-                      flush=True)
-
-
-def requeue_or_exit_code(requeue: bool) -> int:
-    """After a preemption save: with `requeue` and under Slurm, ask Slurm to requeue this job (it restarts with the
-    same command, which resumes with resume=auto) and return 0; otherwise EXIT_PREEMPTED ("run me again")."""
-    job = os.environ.get("SLURM_JOB_ID")
-    if not (requeue and job):
-        return EXIT_PREEMPTED
-    try:
-        result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
-        problem = result.stderr.strip() if result.returncode else None
-    except OSError as err:  # no scontrol on this node
-        problem = str(err)
-    if problem:
-        print(f"[align] scontrol requeue {job} failed ({problem}); resubmit the job with resume=auto to continue",
-              flush=True)
-        return EXIT_PREEMPTED
-    print(f"[align] Slurm job {job} requeued; it resumes from the checkpoint", flush=True)
-    return 0

@@ -227,6 +227,9 @@ class HeldOutAccuracy(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         if state.global_step < state.max_steps:
             return  # stopped early (preemption): the run continues later, and measures at its real end
-        accuracy = self.measure(state.global_step)
+        if self.history and self.history[-1][0] == state.global_step:
+            accuracy = self.history[-1][1]  # a resume from the last step: measured already (at resume or before)
+        else:
+            accuracy = self.measure(state.global_step)
         if self.trainer.accelerator.is_main_process:
             print(f"[align] held-out accuracy after training (greedy, no hint): {accuracy:.3f}", flush=True)

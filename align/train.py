@@ -478,13 +478,12 @@ def _warm_start(config: AlignConfig, model_path: str, tokenizer, train_dataset, 
     `warm_start/final` when the warm start had finished."""
     from align.checkpoints import checkpoints
     from align.models import load_causal_lm
-    from align.run_dir import mark_started
+    from align.preemption import STOP
     from align.trainers.common import training_arguments
     from align.trainers.sft import build_sft_trainer, to_prompt_completion
 
     w = config.warm_start
     stage_dir = run_dir / "warm_start"
-    common = training_arguments(config, stage_dir, report_to=[], run_name=f"{run_name}-warm-start")
     final = stage_dir / "final"
     if final.is_dir():  # an earlier attempt of this run (resume=auto) finished the warm start
         if state.is_main_process:
@@ -493,6 +492,7 @@ def _warm_start(config: AlignConfig, model_path: str, tokenizer, train_dataset, 
     STOP.phase = "the warm start"
     checkpoint = _resume_checkpoint(config, stage_dir, state, stage="the warm start") if checkpoints(stage_dir) \
         else None
+    common = training_arguments(config, stage_dir, report_to=[], run_name=f"{run_name}-warm-start")
     common.update(max_steps=w.max_steps, learning_rate=w.learning_rate, save_strategy="no",
                   per_device_train_batch_size=w.per_device_train_batch_size, lr_scheduler_type="cosine",
                   warmup_steps=min(10, w.max_steps // 10), gradient_accumulation_steps=1)
@@ -545,7 +545,27 @@ def _open_run(config: AlignConfig, cfg: DictConfig, detail: str = ""):
 
 
 def run(cfg: DictConfig) -> dict:
-    """Train as configured; return a summary (run_dir, held-out accuracy before/after, final model path)."""
+    """Train as configured; return a summary (run_dir, held-out accuracy before/after, final model path).
+
+    Stop signals are handled from here to the end (`align.preemption`): a stopped run keeps what it can resume
+    from and returns `{"stopped_during": phase, "kept": what, "exit_code": status}` instead."""
+    from align.preemption import STOP, Stopped
+
+    with STOP.installed():
+        try:
+            summary = _run(cfg)
+        except Stopped as stopped:
+            return _stopped_summary(cfg, stopped)
+        if STOP.signum and "final_model" in summary:  # it came after the last boundary: the run completed anyway
+            from align.trainers.common import distributed_state
+
+            if distributed_state().is_main_process:
+                print(f"[align] received {signal.Signals(STOP.signum).name} while finishing; the run is complete "
+                      f"(final model: {summary['final_model']}), nothing to resume", flush=True)
+        return summary
+
+
+def _run(cfg: DictConfig) -> dict:
     import torch
     from transformers import set_seed
 
@@ -553,6 +573,7 @@ def run(cfg: DictConfig) -> dict:
     from align.evaluation import HeldOutAccuracy
     from align.models import check_lora_targets, load_causal_lm, load_tokenizer, resolve_model_path
     from align.plotting import plot_training_curves
+    from align.preemption import STOP
     from align.rewards import build_reward_sources, guard, preflight, resolve_reward
     from align.tracking import finish_tracking
     from align.trainers.common import training_arguments
@@ -595,6 +616,7 @@ def run(cfg: DictConfig) -> dict:
 
     state, run_dir, run_name, report_to = _open_run(config, cfg)
     checkpoint = _resume_checkpoint(config, run_dir, state)
+    STOP.check(lambda: _kept(run_dir))  # a signal during start-up stops before any model is loaded
 
     model_path = config.model.path
     if config.warm_start.max_steps and checkpoint is None:
@@ -604,6 +626,7 @@ def run(cfg: DictConfig) -> dict:
         if not (Path(model_path) / "config.json").is_file():
             raise ConfigError(f"resume=auto: {model_path} is missing, but this run's checkpoints were trained from "
                               f"its warm start; restore it, or start a new run (another trainer.run_name).")
+    STOP.phase = "model loading"
     model = load_causal_lm(model_path, dtype=config.model.dtype, revision=config.model.revision,
                            trust_remote_code=config.model.trust_remote_code,
                            attn_implementation=config.model.attn_implementation,
@@ -623,7 +646,6 @@ def run(cfg: DictConfig) -> dict:
             build, extra = build_fgrpo_trainer, {"pairs": pairs}
         else:
             build = build_grpo_trainer
-    STOP.check(lambda: _kept(run_dir))  # a signal during start-up stops before any model is loaded
         trainer = build(model, tokenizer, train_dataset, rewards, weights, algo, common,
                         log_completions=config.logger.log_completions,
                         trust_remote_code=config.model.trust_remote_code, peft_config=_peft_config(config), **extra)
@@ -633,7 +655,6 @@ def run(cfg: DictConfig) -> dict:
         trainer = build_sft_trainer(model, tokenizer, train_dataset, algo.completion_column, algo.max_length,
                                     common_args=common, trl_overrides=algo.trl, peft_config=_peft_config(config))
 
-    STOP.phase = "model loading"
     heldout = None
     if verifier is not None:
         rows = held_out.select(range(min(config.eval.max_samples, len(held_out)))).to_list()
@@ -641,6 +662,7 @@ def run(cfg: DictConfig) -> dict:
                                   config.eval.batch_size, config.eval.every_steps, task=eval_task_name(config.data),
                                   metric=config.eval.metric)
         trainer.add_callback(heldout)
+    STOP.check(lambda: _kept(run_dir))
 
     _train(trainer, checkpoint, run_dir)
     _save_final(trainer, tokenizer, run_dir / "final")
@@ -668,12 +690,12 @@ def run(cfg: DictConfig) -> dict:
 
 def _run_reward_model(config: AlignConfig, cfg: DictConfig) -> dict:
     """Train a reward model: data -> tokenizer -> run dir -> model -> held-out metrics before -> train -> after -> save.
-    STOP.check(lambda: _kept(run_dir))
 
     The final model is a sequence-classification checkpoint (safetensors) whose config.json records the objective,
     the head and what scoring needs (anchor thresholds, noise rates); `reward=reward_model` scores with it."""
     from align.data.preferences import load_reward_data
     from align.models import load_tokenizer
+    from align.preemption import STOP
     from align.trainers.common import training_arguments
     from align.trainers.reward_model import build_reward_model_trainer, load_reward_model
 
@@ -685,6 +707,7 @@ def _run_reward_model(config: AlignConfig, cfg: DictConfig) -> dict:
     rows = f"; {len(train_rows)} training rows" + (f", {len(held_out_rows)} held out" if held_out_rows else "")
     ties = f"; {info['dropped_ties']} tied pairs dropped" if info.get("dropped_ties") else ""
     state, run_dir, run_name, report_to = _open_run(config, cfg, rows + ties)
+    STOP.phase = "model loading"
     model = load_reward_model(config.model.path, algo.objective, dtype=config.model.dtype,
                               revision=config.model.revision, trust_remote_code=config.model.trust_remote_code,
                               attn_implementation=config.model.attn_implementation)
@@ -699,12 +722,14 @@ def _train_and_report(trainer, tokenizer, config: AlignConfig, state, run_dir: P
     """Train, evaluate on the held-out data (before: from `eval_on_start`, since an `evaluate()` before `train()`
     leaves DeepSpeed's engine unset), save the final model, plot, print `metrics` before -> after; the summary."""
     from align.plotting import plot_training_curves
+    from align.preemption import STOP
     from align.tracking import finish_tracking
 
     STOP.check(lambda: _kept(run_dir))  # the model is loaded
     _train(trainer, _resume_checkpoint(config, run_dir, state), run_dir)
     STOP.phase = "the final evaluation"
     after = trainer.evaluate() if trainer.eval_dataset is not None else {}
+    _stop_if_requested(trainer)
     before = next((entry for entry in trainer.state.log_history if any(key in entry for key in metrics)), {})
     _save_final(trainer, tokenizer, run_dir / "final")
     summary = {"run_dir": str(run_dir), "final_model": str(run_dir / "final"),
@@ -716,7 +741,6 @@ def _train_and_report(trainer, tokenizer, config: AlignConfig, state, run_dir: P
             if key in after and key in before:
                 name = key.removeprefix("eval_").replace("_", " ")
                 print(f"[align] held-out {name}: {before[key]:.4f} -> {after[key]:.4f}", flush=True)
-    STOP.phase = "model loading"
         print(f"[align] final model: {summary['final_model']}\n[align] plot: {plot}", flush=True)
     finish_tracking(config.logger, state.is_main_process)
     state.wait_for_everyone()
@@ -732,21 +756,21 @@ def _check_references(references) -> None:
         try:
             revision = pinned_revision(reference.path, reference.revision)
             load_tokenizer(reference.path, revision=revision, trust_remote_code=reference.trust_remote_code,
-    from align.preemption import STOP
                            chat_template=reference.chat_template)
         except ModelLoadError as err:
             message = str(err).replace("model.chat_template", f"algorithm.references[{i}].chat_template")
             raise ModelLoadError(f"algorithm.references[{i}] ('{reference.path}'): {message}") from None
 
 
-    _stop_if_requested(trainer)
 def _precompute_references(references, splits: dict[str, list[dict]], algo, announce: bool) -> dict[str, list]:
     """Split name -> one ReferenceLogps per reference: each reference loaded at most once (none on a cache hit),
     one at a time, and scoring every split. A stop signal ends the run once the reference being scored is cached."""
     from align.models import cache_dir
+    from align.preemption import STOP
     from align.reference_logps import reference_logps
 
     directory = Path(algo.cache_dir).expanduser() if algo.cache_dir else cache_dir() / "reference_logps"
+    STOP.phase = "reference scoring"
     _check_references(references)
     scored = {name: [] for name in splits}
     for k, reference in enumerate(references, 1):
@@ -758,6 +782,7 @@ def _precompute_references(references, splits: dict[str, list[dict]], algo, anno
                 how = "cache hit" if result.cache_hit else f"computed ({result.seconds:.1f} s for all splits)"
                 print(f"[align] reference {k}/{len(references)} {reference.name} ({name}, {len(splits[name])} "
                       f"pairs): {how} -> {result.cache_file}", flush=True)
+        STOP.check(lambda k=k: f"the log-probs of {k} of {len(references)} references, cached in {directory}")
     return scored
 
 
@@ -769,6 +794,7 @@ def _run_multiref_dpo(config: AlignConfig, cfg: DictConfig) -> dict:
     from align.data import DataError
     from align.data.preferences import load_reward_data
     from align.models import load_causal_lm, load_tokenizer
+    from align.preemption import STOP
     from align.trainers.common import training_arguments
     from align.trainers.multiref_dpo import build_multiref_dpo_trainer, carve_validation, pairs_dataset, tokenize_pairs
 
@@ -776,11 +802,9 @@ def _run_multiref_dpo(config: AlignConfig, cfg: DictConfig) -> dict:
     references = reference_models(algo)
     train_rows, held_out_rows, _ = load_reward_data(algo.data, "bradley_terry")
     tokenizer = load_tokenizer(config.model.path, revision=config.model.revision,
-    from align.preemption import STOP
                                trust_remote_code=config.model.trust_remote_code,
                                chat_template=config.model.chat_template)
     train_rows, train_ids, dropped = tokenize_pairs(tokenizer, train_rows, algo.data.max_length)
-    STOP.phase = "reference scoring"
     held_out_rows, held_out_ids, dropped_held_out = tokenize_pairs(tokenizer, held_out_rows or [],
                                                                    algo.data.max_length)
     try:
@@ -792,11 +816,11 @@ def _run_multiref_dpo(config: AlignConfig, cfg: DictConfig) -> dict:
     if val_idx and algo.weighting in MULTIREF_NEEDS_VALIDATION:  # the others never read validation margins
         splits["validation"] = [train_rows[i] for i in val_idx]
     detail = (f"; {len(train_idx)} training pairs, {len(val_idx)} validation, {len(held_out_ids)} held out; "
-        STOP.check(lambda k=k: f"the log-probs of {k} of {len(references)} references, cached in {directory}")
               f"{len(references)} references")
     if dropped or dropped_held_out:
         detail += f"; {dropped + dropped_held_out} pairs over {algo.data.max_length} tokens dropped"
     state, run_dir, run_name, report_to = _open_run(config, cfg, detail)
+    STOP.check(lambda: _kept(run_dir))  # a signal during start-up stops before any reference is scored
 
     scored = _precompute_references(references, splits, algo, state.is_main_process)
     train_dataset = pairs_dataset([train_ids[i] for i in train_idx], scored["train"])
@@ -804,6 +828,7 @@ def _run_multiref_dpo(config: AlignConfig, cfg: DictConfig) -> dict:
         else None
     held_out = pairs_dataset(held_out_ids) if held_out_ids else None
 
+    STOP.phase = "model loading"
     model = load_causal_lm(config.model.path, dtype=config.model.dtype, revision=config.model.revision,
                            trust_remote_code=config.model.trust_remote_code,
                            attn_implementation=config.model.attn_implementation,
@@ -831,7 +856,6 @@ def _user_errors() -> tuple[type[Exception], ...]:
 @hydra.main(config_path=str(CONFIGS_DIR), config_name="config", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
     from align.cluster import adopt_slurm_environment
-    STOP.check(lambda: _kept(run_dir))  # a signal during start-up stops before any reference is scored
 
     adopt_slurm_environment()  # under srun / the Slurm launcher: one process per task, rendezvous from Slurm
     try:
@@ -839,7 +863,6 @@ def _hydra_main(cfg: DictConfig) -> None:
     except _user_errors() as err:
         print(f"align: error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)
-    STOP.phase = "model loading"
     if "stopped_during" in summary:
         # Exit, even with status 0 after a requeue: a normal return would make submitit record the point as done.
         shutdown_distributed()
@@ -874,10 +897,6 @@ def main() -> None:
     except (RecipeError, ConfigError) as err:
         print(f"align: error: {err}", file=sys.stderr)
         sys.exit(2)
-
-
-if __name__ == "__main__":
-    main()
     except KeyboardInterrupt:  # a second Ctrl-C (the first one stops at a point that keeps work), or one before run
         print(f"[align] stopped at once by Ctrl-C during {_current_phase()}; kept: the complete checkpoints only "
               f"(resume=auto sets aside a save cut short); run again with resume=auto to continue", flush=True)
@@ -888,3 +907,7 @@ def _current_phase() -> str:
     # Not imported for it: before a run starts, align.preemption (torch) may not be loaded yet.
     preemption = sys.modules.get("align.preemption")
     return preemption.STOP.phase if preemption else "start-up"
+
+
+if __name__ == "__main__":
+    main()

@@ -52,7 +52,7 @@ def test_sigusr1_saves_requeues_and_the_requeued_job_finishes_identically(slurm,
 
     wait_for(lambda: log.exists() and "'loss'" in log.read_text(), 180, "the first training step", name)
     subprocess.run(["scancel", "--signal=USR1", job], check=True)  # what --signal=USR1@180 sends near the limit
-    wait_for(lambda: "requeued; it resumes from the checkpoint" in log.read_text(), 120, "the requeue", name)
+    wait_for(lambda: "requeued; it continues from there" in log.read_text(), 120, "the requeue", name)
     saved = [p for p in run_dir.glob("checkpoint-*") if (p / COMPLETE_MARKER).exists()]
     assert len(saved) == 1 and not (run_dir / "final").exists(), "saved at the step boundary, did not finish"
     stopped_at = int(saved[0].name.split("-")[1])

@@ -21,7 +21,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from align.checkpoints import COMPLETE_MARKER, Preemption, newest_complete_checkpoint
+from align.checkpoints import COMPLETE_MARKER, newest_complete_checkpoint
+from align.preemption import Preemption, Stopped, StopRequest
 from align.train import run
 from tests.conftest import SAGE_TEMPLATES, compose
 
@@ -182,10 +183,6 @@ def test_prompt_order_of_a_later_epoch_does_not_depend_on_the_epochs_before():
     assert order(EpochSeededRepeatSampler(**kwargs), 2) == epochs[2], "a fresh sampler (a resume) agrees"
 
 
-class _Accelerator:
-    device, num_processes, is_main_process = "cpu", 1, True
-
-
 def _step_end(callback, step: int, max_steps: int = 10):
     from types import SimpleNamespace
 
@@ -197,24 +194,45 @@ def _step_end(callback, step: int, max_steps: int = 10):
 
 
 def test_a_signal_stops_training_at_the_next_consistent_step_and_only_usr1_asks_for_a_requeue():
+    request = StopRequest()
     previous = signal.getsignal(signal.SIGUSR1)
-    with Preemption(_Accelerator(), step_multiple=2) as preemption:
+    with request.installed():
+        preemption = Preemption(step_multiple=2, request=request)
         assert not _step_end(preemption, 1).should_save, "no signal, nothing to do"
         os.kill(os.getpid(), signal.SIGUSR1)  # the real handler, installed by the context
         control = _step_end(preemption, 3)
         assert not control.should_save and not control.should_training_stop, "inside a generation cycle: wait"
         control = _step_end(preemption, 4)
         assert control.should_save and control.should_training_stop
-        assert (preemption.stopped_at, preemption.requeue) == (4, True)
+        assert request.agreed() == (True, True, False), "(requested, requeue, interrupted)"
     assert signal.getsignal(signal.SIGUSR1) == previous, "handlers restored"
-    with Preemption(_Accelerator()) as preemption:
-        preemption._handle(signal.SIGTERM, None)
-        _step_end(preemption, 3)
-        assert (preemption.stopped_at, preemption.requeue) == (3, False), "SIGTERM saves but does not requeue"
-    with Preemption(_Accelerator(), step_multiple=4) as preemption:
-        preemption._handle(signal.SIGUSR1, None)
-        control = _step_end(preemption, 9, max_steps=9)
-        assert control.should_save and preemption.stopped_at is None, "the last step still saves; training ends"
+    with request.installed():
+        request._handle(signal.SIGTERM, None)
+        request._handle(signal.SIGUSR1, None)
+        assert request.agreed() == (True, False, False), "SIGTERM saves but does not requeue; the first signal counts"
+    with request.installed():
+        request._handle(signal.SIGUSR1, None)
+        control = _step_end(Preemption(step_multiple=4, request=request), 9, max_steps=9)
+        assert control.should_save, "the last step still saves"
+
+
+def test_a_stop_request_records_the_phase_and_a_second_ctrl_c_stops_at_once(capfd):
+    request = StopRequest()
+    previous = signal.getsignal(signal.SIGINT)
+    with request.installed():
+        request.phase = "model loading"
+        os.kill(os.getpid(), signal.SIGINT)
+        request.phase = "training"
+        assert request.agreed() == (True, False, True) and request.during == "model loading"
+        assert "Ctrl-C again to stop at once" in capfd.readouterr().err
+        with pytest.raises(Stopped, match="stopped by SIGINT during model loading; kept: checkpoint-3"):
+            request.check(lambda: "checkpoint-3")
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) == previous, "handlers restored"
+    with request.installed():
+        assert request.agreed() == (False, False, False), "each run starts with a fresh record"
+        request.check(lambda: pytest.fail("nothing to keep without a signal"))
 
 
 def test_checkpoints_inside_a_generation_cycle_are_refused():
