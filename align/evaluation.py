@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, TrainerCallback
 
+from align.console import phase_progress
 from align.rewards.verifiers import boxed_spans
 
 
@@ -70,17 +71,18 @@ def decoded_prefix_length(tokenizer, ids: list[int]) -> Callable[[int], int]:
 
 
 @torch.no_grad()
-def generate_greedy(model, tokenizer, prompts: list, max_new_tokens: int,
-                    batch_size: int) -> list[tuple[str, float]]:
+def generate_greedy(model, tokenizer, prompts: list, max_new_tokens: int, batch_size: int,
+                    progress: str | None = None) -> list[tuple[str, float]]:
     """Greedy completions of chat-message `prompts`, in order, each with its answer confidence: decoded text
-    (special tokens stripped) and the probability of the answer's tokens (see `answer_span`, `span_probability`)."""
+    (special tokens stripped) and the probability of the answer's tokens (see `answer_span`, `span_probability`).
+    `progress`: the name of a progress bar over the batches (`align.console.phase_progress`), None for none."""
     texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
     results = []
     device = next(model.parameters()).device
     stop_ids = {tokenizer.pad_token_id, tokenizer.eos_token_id} - {None}
     padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
     try:
-        for start in range(0, len(texts), batch_size):
+        for start in phase_progress(range(0, len(texts), batch_size), progress):
             batch = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
                               add_special_tokens=False).to(device)
             recorder = _GreedyTokenLogprobs()
@@ -126,7 +128,7 @@ def evaluate_held_out(trainer, tokenizer, rows: list[dict], verifier: Callable, 
     try:
         with unwrap_model_for_generation(trainer.model, accelerator) as model:
             generated = generate_greedy(model, tokenizer, [rows[i]["prompt"] for i in padded], max_new_tokens,
-                                        batch_size)
+                                        batch_size, progress="held-out eval" if rank == 0 else None)
     finally:
         trainer.model.train(was_training)
     local = list(zip(padded, generated))[: len(indices)]

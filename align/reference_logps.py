@@ -29,6 +29,8 @@ from pathlib import Path
 
 import torch
 
+from align.console import phase_progress
+
 log = logging.getLogger("align")
 
 CACHE_FORMAT = "v1"  # bump when scoring changes, so older entries are never read
@@ -144,15 +146,16 @@ def cache_key(model_id: str, pairs: list[dict[str, list[int]]], normalize: bool)
 
 @torch.no_grad()
 def score_sequences(model, sequences: list[tuple[list[int], list[int]]], *, batch_size: int, normalize: bool,
-                    pad_token_id: int, device: torch.device) -> torch.Tensor:
+                    pad_token_id: int, device: torch.device, progress: str | None = None) -> torch.Tensor:
     """(context ids, response ids) per sequence -> (N,) float64 log-probs of the responses (length-normalised when
     `normalize`). Batches are formed over length-sorted sequences to keep padding small. `model` must carry TRL's
-    fused LM head (`trl.trainer.utils.add_fused_lm_head`), so no (batch, length, vocab) logits are built."""
+    fused LM head (`trl.trainer.utils.add_fused_lm_head`), so no (batch, length, vocab) logits are built.
+    `progress`: the name of a progress bar over the batches (`align.console.phase_progress`), None for none."""
     from align.trainers.multiref_dpo import sequence_logps
 
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i][0]) + len(sequences[i][1]))
     out = torch.empty(len(sequences), dtype=torch.float64)
-    for start in range(0, len(order), batch_size):
+    for start in phase_progress(range(0, len(order), batch_size), progress):
         batch = [sequences[i] for i in order[start:start + batch_size]]
         width = max(len(c) + len(r) for c, r in batch)
         input_ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
@@ -282,7 +285,8 @@ def _score_splits(reference, revision: str | None, dtype: str, tokenizer, pairs:
         mine = list(range(rank, len(ids), world))
         sequences = [(ids[i]["prompt_ids"], ids[i][side]) for i in mine for side in ("chosen_ids", "rejected_ids")]
         shares[name] = (mine, score_sequences(model, sequences, batch_size=batch_size, normalize=normalize,
-                                              pad_token_id=tokenizer.pad_token_id, device=device))
+                                              pad_token_id=tokenizer.pad_token_id, device=device,
+                                              progress=f"reference {reference.name} ({name})" if rank == 0 else None))
     del model
     gc.collect()
     if torch.cuda.is_available():

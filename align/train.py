@@ -44,7 +44,6 @@ from align.config import (
     unknown_key_message,
     validate,
 )
-
 from align.console import (
     DPO_COLUMNS,
     GRPO_COLUMNS,
@@ -55,6 +54,7 @@ from align.console import (
     quiet_dependencies,
 )
 from align.tracking import redact_override
+
 log = logging.getLogger("align")
 
 # In a clone these are symlinks to the repository's configs/ and recipes/; a wheel carries them as package data.
@@ -479,6 +479,7 @@ def _warm_start(config: AlignConfig, model_path: str, tokenizer, train_dataset, 
     from align.checkpoints import checkpoints
     from align.models import load_causal_lm
     from align.preemption import STOP
+    from align.progress import show_progress
     from align.trainers.common import training_arguments
     from align.trainers.sft import build_sft_trainer, to_prompt_completion
 
@@ -509,6 +510,7 @@ def _warm_start(config: AlignConfig, model_path: str, tokenizer, train_dataset, 
                                     seed=config.trainer.seed)
         dataset = concatenate_datasets([dataset, rows_to_dataset(demos)]).shuffle(seed=config.trainer.seed)
     trainer = build_sft_trainer(model, tokenizer, dataset, None, max_length=1024, common_args=common)
+    show_progress(trainer, SFT_COLUMNS, label="warm start")
     log.info("warm start: SFT for %d steps on '%s'%s", w.max_steps, w.completion_column,
              f" + hint writing and hinted solving from '{w.hints_column}'" if w.hints_column else "")
     _train(trainer, checkpoint, run_dir, phase="the warm start", end_phase="the warm start")
@@ -538,8 +540,9 @@ def _open_run(config: AlignConfig, cfg: DictConfig, detail: str = ""):
     if state.is_main_process:
         claim_run_dir(run_dir)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
-        print(f"[align] run directory: {run_dir} ({state.num_processes} process(es), "
-              f"{state.distributed_type.value}){detail}", flush=True)
+        launch = describe_launch(state.num_processes, state.distributed_type.value, state.device.type,
+                                 os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE"))
+        print(f"[align] run directory: {run_dir} ({launch}){detail}", flush=True)
     return state, run_dir, run_name, start_tracking(config.logger, run_dir, run_name, resolved, state.is_main_process,
                                                     resumable=config.resume == "auto")
 
@@ -549,11 +552,17 @@ def run(cfg: DictConfig) -> dict:
 
     Stop signals are handled from here to the end (`align.preemption`): a stopped run keeps what it can resume
     from and returns `{"stopped_during": phase, "kept": what, "exit_code": status}` instead."""
+    config: AlignConfig = OmegaConf.to_object(cfg)
+    # Validated before anything heavy is imported (align.preemption and the builders load torch, transformers and
+    # TRL: seconds): a config error is printed at once.
+    validate(config)
+    check_run_dir(config)
+    quiet_dependencies(config.logger.backend)  # before those imports too: some of the noise is printed by one
     from align.preemption import STOP, Stopped
 
     with STOP.installed():
         try:
-            summary = _run(cfg)
+            summary = _run(config, cfg)
         except Stopped as stopped:
             return _stopped_summary(cfg, stopped)
         if STOP.signum and "final_model" in summary:  # it came after the last boundary: the run completed anyway
@@ -565,7 +574,7 @@ def run(cfg: DictConfig) -> dict:
         return summary
 
 
-def _run(cfg: DictConfig) -> dict:
+def _run(config: AlignConfig, cfg: DictConfig) -> dict:
     import torch
     from transformers import set_seed
 
@@ -574,13 +583,11 @@ def _run(cfg: DictConfig) -> dict:
     from align.models import check_lora_targets, load_causal_lm, load_tokenizer, resolve_model_path
     from align.plotting import plot_training_curves
     from align.preemption import STOP
+    from align.progress import show_progress
     from align.rewards import build_reward_sources, guard, preflight, resolve_reward
     from align.tracking import finish_tracking
     from align.trainers.common import training_arguments
 
-    config: AlignConfig = OmegaConf.to_object(cfg)
-    validate(config)
-    check_run_dir(config)
     resolve_model_path(config.model.path)  # a missing local path fails here, before anything is loaded
     if config.model.lora.r:
         check_lora_targets(config.model.path, config.model.lora.target_modules, revision=config.model.revision,
@@ -654,6 +661,7 @@ def _run(cfg: DictConfig) -> dict:
 
         trainer = build_sft_trainer(model, tokenizer, train_dataset, algo.completion_column, algo.max_length,
                                     common_args=common, trl_overrides=algo.trl, peft_config=_peft_config(config))
+    show_progress(trainer, GRPO_COLUMNS if is_grpo else SFT_COLUMNS)
 
     heldout = None
     if verifier is not None:
@@ -696,6 +704,7 @@ def _run_reward_model(config: AlignConfig, cfg: DictConfig) -> dict:
     from align.data.preferences import load_reward_data
     from align.models import load_tokenizer
     from align.preemption import STOP
+    from align.progress import show_progress
     from align.trainers.common import training_arguments
     from align.trainers.reward_model import build_reward_model_trainer, load_reward_model
 
@@ -713,6 +722,7 @@ def _run_reward_model(config: AlignConfig, cfg: DictConfig) -> dict:
                               attn_implementation=config.model.attn_implementation)
     common = training_arguments(config, run_dir, report_to, run_name)
     trainer = build_reward_model_trainer(model, tokenizer, train_rows, held_out_rows, algo, common)
+    show_progress(trainer, REWARD_MODEL_COLUMNS)
     return _train_and_report(trainer, tokenizer, config, state, run_dir, run_name,
                              ("eval_accuracy", "eval_auc", "eval_brier", "eval_cross_entropy", "eval_sigma_mean"))
 
@@ -795,6 +805,7 @@ def _run_multiref_dpo(config: AlignConfig, cfg: DictConfig) -> dict:
     from align.data.preferences import load_reward_data
     from align.models import load_causal_lm, load_tokenizer
     from align.preemption import STOP
+    from align.progress import show_progress
     from align.trainers.common import training_arguments
     from align.trainers.multiref_dpo import build_multiref_dpo_trainer, carve_validation, pairs_dataset, tokenize_pairs
 
@@ -837,6 +848,7 @@ def _run_multiref_dpo(config: AlignConfig, cfg: DictConfig) -> dict:
     trainer = build_multiref_dpo_trainer(model, tokenizer, train_dataset, algo, [r.name for r in references],
                                          common, validation=validation, eval_dataset=held_out,
                                          peft_config=_peft_config(config))
+    show_progress(trainer, DPO_COLUMNS)
     return _train_and_report(trainer, tokenizer, config, state, run_dir, run_name, ("eval_preference_accuracy",))
 
 
@@ -844,13 +856,15 @@ register_configs()
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
-    """Errors caused by the user's config, data or disk: reported as one readable line, exit code 2."""
-    from align.checkpoints import DiskFullError
-    from align.data import DataError
-    from align.models import ModelLoadError
-    from align.rewards import RewardConfigError, RewardError
+    """Errors caused by the user's config, data or disk: reported as one readable line, exit code 2.
 
-    return ConfigError, RecipeError, DataError, ModelLoadError, RewardConfigError, RewardError, DiskFullError
+    Looked up only in modules already imported: an error whose module never loaded cannot have been raised, and
+    importing those modules (torch, datasets) would add seconds to printing a config error."""
+    elsewhere = (("align.data", "DataError"), ("align.models", "ModelLoadError"),
+                 ("align.rewards", "RewardConfigError"), ("align.rewards", "RewardError"),
+                 ("align.checkpoints", "DiskFullError"))
+    return ConfigError, RecipeError, *(getattr(sys.modules[module], name) for module, name in elsewhere
+                                       if module in sys.modules)
 
 
 @hydra.main(config_path=str(CONFIGS_DIR), config_name="config", version_base="1.3")
@@ -884,6 +898,9 @@ def main() -> None:
     if not (CONFIGS_DIR / "config.yaml").is_file():
         sys.exit(f"align: error: the Hydra configs were not found at {CONFIGS_DIR}; reinstall align (a clone: "
                  f"pip install -e .; see README.md).")
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        print(help_text(CONFIGS_DIR, RECIPES_DIR, Path(__file__).resolve().parent.parent / "docs"))
+        return
     try:
         sys.argv = [sys.argv[0], *resolve_recipe_args(sys.argv[1:])]
         flags = {arg for arg in sys.argv[1:] if arg.startswith("-")}

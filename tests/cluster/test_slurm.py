@@ -73,7 +73,7 @@ def test_two_point_sweep_of_two_process_jobs(slurm, tmp_path):
     outs = [text for log, text in logs.items() if log.endswith("_log.out")]
     assert len(outs) == 4
     assert sum(text.count("[align] run directory:") for text in outs) == 2
-    assert sum(text.count("(2 process(es), MULTI_CPU)") for text in outs) == 2
+    assert sum(text.count("(2 processes, DDP on CPU)") for text in outs) == 2
 
     runs = run_dirs(output_root)
     assert len(runs) == 2, runs
@@ -116,7 +116,7 @@ def test_multinode_template_runs_deepspeed_zero3_over_two_tasks(slurm, tmp_path)
     info = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
     assert "JobState=COMPLETED" in info, log[-4000:]
     assert f":{10000 + int(job) % 20000}, run template," in log, "rendezvous port derived from the job id"
-    assert log.count("(2 process(es), DEEPSPEED)") == 1, log[-4000:]
+    assert log.count("(2 processes, DeepSpeed ZeRO-3 on CPU)") == 1, log[-4000:]
     run = tmp_path / "template"
     assert (run / "config.yaml").exists() and (run / "final" / "model.safetensors").exists()
     assert (run / "checkpoint-2").is_dir()
