@@ -86,6 +86,18 @@ def test_callback_on_a_terminal_draws_a_bar_whose_postfix_carries_the_numbers(mo
     assert "step 20/120 | reward 0.615" in capsys.readouterr().out
 
 
+def test_callback_draws_a_bar_over_held_out_batches_while_the_trainer_evaluates(monkeypatch, capsys):
+    monkeypatch.setattr(align.progress, "interactive", lambda: True)
+    args, state, control = _callback_state(0, 6)
+    progress = ConsoleProgress(REWARD_MODEL_COLUMNS)
+    for _ in range(3):
+        progress.on_prediction_step(args, state, control, eval_dataloader=[None] * 13)
+    assert (progress.eval_bar.n, progress.eval_bar.total) == (3, 13)
+    progress.on_evaluate(args, state, control)
+    assert progress.eval_bar is None
+    assert "held-out eval" in capsys.readouterr().err
+
+
 def test_callback_is_silent_on_other_ranks(capsys):
     args, state, control = _callback_state(20, 120)
     state.is_world_process_zero = False
