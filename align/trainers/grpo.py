@@ -67,9 +67,9 @@ class EpochSeededRepeatSampler(RepeatSampler):
 class AlignGRPOTrainer(CompleteCheckpoints, GRPOTrainer):
     # Timed phases inside the rollout; a subclass that adds one (SAGE's hint generation) extends this tuple.
     _rollout_phases: tuple[str, ...] = ("generation", "reward", "ref_logprobs")
-
     # A completion succeeds when its reward is above this (the solved / never-solved diagnostics); SAGE sets its own.
     success_threshold: float = 0.0
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._phases = PhaseTimer()
