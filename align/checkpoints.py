@@ -207,6 +207,15 @@ class CompleteCheckpoints:
             return
         return super()._run_epoch(*args, **kwargs)
 
+    def _issue_warnings_after_load(self, load_result):
+        # A tied output embedding is written once (under its input embedding's name), so its key is "missing" from
+        # every checkpoint by design: the Trainer would warn about it on each resume. Other missing keys still warn.
+        tied = set(getattr(self.accelerator.unwrap_model(self.model), "all_tied_weights_keys", None) or ())
+        missing = [key for key in load_result.missing_keys if key not in tied]
+        if len(missing) < len(load_result.missing_keys):
+            load_result = load_result._replace(missing_keys=missing)
+        super()._issue_warnings_after_load(load_result)
+
     def _save_checkpoint(self, model, trial):
         folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
         with disk_full_reported(folder, folder.parent):

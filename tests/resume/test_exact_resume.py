@@ -244,3 +244,27 @@ def test_checkpoints_inside_a_generation_cycle_are_refused():
         from omegaconf import OmegaConf
 
         validate(OmegaConf.to_object(cfg))
+
+
+def test_a_tied_output_embedding_missing_from_a_checkpoint_is_no_warning(tmp_path, monkeypatch):
+    """Checkpoints store a tied lm_head once, under the input embedding's name; resuming must not warn about it, while
+    a key that is really missing still does."""
+    import transformers.trainer
+    from torch.nn.modules.module import _IncompatibleKeys
+    from transformers import Trainer, TrainingArguments
+
+    from align.checkpoints import CompleteCheckpoints
+    from align.models import ensure_tiny, load_causal_lm
+
+    class Checkpointed(CompleteCheckpoints, Trainer):
+        pass
+
+    warned = []
+    monkeypatch.setattr(transformers.trainer.logger, "warning", lambda message, *args: warned.append(message))
+    trainer = Checkpointed(model=load_causal_lm(str(ensure_tiny())),
+                           args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[]))
+    assert "lm_head.weight" in trainer.model.all_tied_weights_keys
+    trainer._issue_warnings_after_load(_IncompatibleKeys(["lm_head.weight"], []))
+    assert warned == []
+    trainer._issue_warnings_after_load(_IncompatibleKeys(["lm_head.weight", "model.norm.weight"], []))
+    assert len(warned) == 1 and "['model.norm.weight']" in warned[0]
