@@ -1,0 +1,5 @@
+import sys
+
+from align.audit.cli import main
+
+sys.exit(main())
