@@ -35,7 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--target", default="embedded:arithmetic",
                         help="prompts whose shift is audited: .jsonl of chat prompts, a text file (one prompt a "
                              "line) or a shipped set (default embedded:arithmetic)")
-    parser.add_argument("--control", default="embedded:neutral", help="matched neutral prompts (default embedded:neutral)")
+    parser.add_argument("--control", default="embedded:neutral",
+                        help="matched neutral prompts (default embedded:neutral)")
     parser.add_argument("--eps", type=float, default=0.05, help="energy left out by rank_eps, in (0, 1) (default 0.05)")
     parser.add_argument("--sensitivity-eps", type=_floats, default=(0.01, 0.10, 0.20),
                         help="further eps for the rank table (default 0.01,0.1,0.2)")
@@ -63,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from align.audit.prompts import AuditInputError
     from align.audit.run import AuditConfig, run_audit
+    from align.models import ModelLoadError
 
     cfg = AuditConfig(base=args.base, aligned=args.aligned, target=args.target, control=args.control, eps=args.eps,
                       sensitivity_eps=args.sensitivity_eps, n=args.n, batch_size=args.batch_size, dtype=args.dtype,
@@ -77,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
 
         report = run_audit(cfg, args.out)
         paths = writer.write(report, args.out)
-    except AuditInputError as err:
+    except (AuditInputError, ModelLoadError) as err:
         print(f"align.audit: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     print(f"align.audit: wrote {', '.join(str(p) for p in paths)}")

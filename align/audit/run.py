@@ -9,7 +9,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +46,6 @@ class AuditConfig:
     max_new_tokens: int = 48
     band: str = "narrow"
     trust_remote_code: bool = False
-    extra: dict = field(default_factory=dict)
 
 
 BANDS = {"narrow": (5, 0.45, 0.70), "wide": (8, 0.30, 0.85)}
@@ -75,6 +74,12 @@ def check_config(cfg: AuditConfig) -> None:
         raise AuditInputError("--ablate-seeds and --ablate-singles must be >= 0")
     if cfg.band not in BANDS:
         raise AuditInputError(f"--band {cfg.band!r} is not one of {', '.join(BANDS)}")
+    from align.models import ModelLoadError, resolve_dtype
+
+    try:
+        resolve_dtype(cfg.dtype)
+    except ModelLoadError:
+        raise AuditInputError(f"--dtype {cfg.dtype!r} is not one of float32, bfloat16, float16") from None
     if cfg.direction is not None and not Path(cfg.direction).is_file():
         raise AuditInputError(f"--direction {cfg.direction} does not exist; give a .npy of shape (d,) or (L, d)")
 
@@ -145,7 +150,7 @@ def layer_reports(acts: dict[str, dict[str, torch.Tensor]], eps: float, sensitiv
     num_layers = a["target_chat"].shape[0]
     rows, bases = [], {}
     for layer in phase_progress(range(num_layers), "layers", total=num_layers):
-        def at(side, key):
+        def at(side, key, layer=layer):
             return side[key][layer].T  # d x n
         matrices = ranks.shift_matrices(at(a, "target_chat"), at(b, "target_chat"), at(a, "target_raw"),
                                         at(b, "target_raw"), at(a, "control_chat"), at(b, "control_chat"))
@@ -266,7 +271,7 @@ def run_audit(cfg: AuditConfig, out_dir: Path) -> dict:
     template_text = str(tokenizer.chat_template)
     report = {
         "caveat": CAVEAT,
-        "config": {**{k: v for k, v in asdict(cfg).items() if k != "extra"},
+        "config": {**asdict(cfg),
                    "num_layers": num_layers, "width": width, "model_type": model_config.model_type,
                    "n_target": len(target), "n_control": len(control),
                    "target_sha256": target.sha256, "control_sha256": control.sha256,

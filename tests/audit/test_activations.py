@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from align.audit import ranks
-from align.audit.activations import (CHAT, RAW, decoder_blocks, last_token_activations, projected_out,
-                                     raw_text, render)
+from align.audit.activations import CHAT, RAW, decoder_blocks, last_token_activations, projected_out, raw_text, render
 from align.audit.prompts import load_prompts
 from align.models import ensure_tiny, load_causal_lm, load_tokenizer
 

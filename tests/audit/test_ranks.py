@@ -42,6 +42,11 @@ def test_flat_rank_r_spectrum_gives_ceil_of_one_minus_eps_r(r, eps):
     assert ranks.energy_rank(ranks.singular_values(matrix), eps) == math.ceil(round((1 - eps) * r, 9))
 
 
+def _left_out(matrix: torch.Tensor, basis: torch.Tensor) -> float:
+    """||(I - U U^T) M||^2."""
+    return float(((matrix - basis @ (basis.T @ matrix)) ** 2).sum())
+
+
 def test_energy_rank_is_monotone_bounded_scale_invariant_and_tight():
     g = torch.Generator().manual_seed(1)
     matrix = torch.randn(20, 12, generator=g, dtype=torch.float64) @ torch.diag(torch.logspace(0, -2, 12,
@@ -54,11 +59,10 @@ def test_energy_rank_is_monotone_bounded_scale_invariant_and_tight():
         assert previous is None or k <= previous
         previous = k
         assert ranks.energy_rank(ranks.singular_values(1e6 * matrix), eps) == k
-        u = ranks.left_singular_vectors(matrix)
-        left_out = lambda j: float(((matrix - u[:, :j] @ (u[:, :j].T @ matrix)) ** 2).sum())  # noqa: E731
+        u = ranks.left_singular_vectors(matrix, k)
         total = float((matrix**2).sum())
-        assert left_out(k) <= eps * total * (1 + 1e-12)
-        assert left_out(k - 1) > eps * total
+        assert _left_out(matrix, u) <= eps * total * (1 + 1e-12)
+        assert _left_out(matrix, u[:, :k - 1]) > eps * total
     mean = ranks.column_mean(matrix)
     assert float((matrix**2).sum()) == pytest.approx(matrix.shape[1] * float(mean @ mean)
                                                      + float((ranks.center(matrix) ** 2).sum()))

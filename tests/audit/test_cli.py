@@ -1,0 +1,113 @@
+"""`python -m align.audit`: one-line errors before any weights load, and a full run's outputs."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from align.audit.activations import decoder_blocks
+from align.audit.cli import main as audit_main
+from align.gate.cli import main as gate_main
+from align.models import ensure_tiny, load_causal_lm, load_tokenizer
+
+PLANTED, RANK = 2, 2
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """The tiny model, a copy with a rank-2 update planted in block 2's W_down, one with another depth, and one with
+    another tokenizer."""
+    root = tmp_path_factory.mktemp("audit-models")
+    tiny = ensure_tiny()
+    tokenizer = load_tokenizer(str(tiny))
+    model = load_causal_lm(str(tiny), dtype="float32")
+    g = torch.Generator().manual_seed(7)
+    weight = decoder_blocks(model)[PLANTED].mlp.down_proj.weight
+    with torch.no_grad():
+        weight += torch.randn(weight.shape[0], RANK, generator=g) @ torch.randn(RANK, weight.shape[1], generator=g)
+    model.save_pretrained(root / "planted")
+    tokenizer.save_pretrained(root / "planted")
+    from transformers import Qwen2ForCausalLM
+
+    config = model.config.to_dict() | {"num_hidden_layers": 2}
+    config.pop("layer_types", None)
+    shallow = Qwen2ForCausalLM(type(model.config)(**config))
+    shallow.save_pretrained(root / "shallow")
+    tokenizer.save_pretrained(root / "shallow")
+    model.save_pretrained(root / "other-tokenizer")
+    tokenizer.add_tokens(["<extra>"])
+    tokenizer.save_pretrained(root / "other-tokenizer")
+    return {"tiny": str(tiny), **{name: str(root / name) for name in ("planted", "shallow", "other-tokenizer")}}
+
+
+def _error(capsys, argv) -> str:
+    assert audit_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("align.audit: error: ") and "\n" not in err, err
+    return err
+
+
+def test_bad_input_is_one_line_and_exit_2(checkpoints, tmp_path, capsys):
+    pair = ["--base", checkpoints["tiny"], "--aligned", checkpoints["planted"], "--out", str(tmp_path / "out")]
+    assert "outside (0, 1)" in _error(capsys, [*pair, "--eps", "1.5"])
+    assert "outside (0, 1)" in _error(capsys, [*pair, "--eps", "0"])
+    assert "missing.jsonl does not exist" in _error(capsys, [*pair, "--target", str(tmp_path / "missing.jsonl")])
+    (tmp_path / "empty.txt").write_text("\n\n")
+    assert "holds no prompts" in _error(capsys, [*pair, "--control", str(tmp_path / "empty.txt")])
+    (tmp_path / "bad.jsonl").write_text('{"prompt": [{"role": "user"}]}\n')
+    assert "bad.jsonl:1: not a prompt" in _error(capsys, [*pair, "--target", str(tmp_path / "bad.jsonl")])
+    assert "--dtype 'float8'" in _error(capsys, [*pair, "--dtype", "float8"])
+    assert "unknown prompt set" in _error(capsys, [*pair, "--target", "embedded:nope"])
+    assert "--direction" in _error(capsys, [*pair, "--direction", str(tmp_path / "none.npy")])
+    assert "differ in architecture" in _error(capsys, ["--base", checkpoints["tiny"], "--aligned",
+                                                       checkpoints["shallow"], "--out", str(tmp_path / "out")])
+    assert "different tokenizers" in _error(capsys, ["--base", checkpoints["tiny"], "--aligned",
+                                                     checkpoints["other-tokenizer"], "--out", str(tmp_path / "out")])
+    assert "does not exist" in _error(capsys, ["--base", str(tmp_path / "nowhere"), "--aligned",
+                                               checkpoints["tiny"], "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_run_writes_report_plots_and_gate_readable_ablation_records(checkpoints, tmp_path, capsys):
+    out = tmp_path / "audit"
+    (tmp_path / "target.txt").write_text("What is 12 plus 30?\nAdd 7 and 8.\nCompute 100+1.\nSum 5 and 6.\n")
+    assert audit_main(["--base", checkpoints["tiny"], "--aligned", checkpoints["planted"], "--n", "4",
+                       "--target", str(tmp_path / "target.txt"), "--ablate-k", "1,3", "--ablate-n", "3",
+                       "--ablate-seeds", "1", "--ablate-singles", "2", "--max-new-tokens", "4",
+                       "--out", str(out)]) == 0
+    report = json.loads((out / "audit.json").read_text())
+    assert report["config"]["n_target"] == 4 and report["config"]["width"] == 128
+    assert len(report["config"]["target_sha256"]) == 64 and len(report["config"]["chat_template_sha256"]) == 64
+    layers = report["layers"]
+    assert [row["layer"] for row in layers] == [0, 1, 2, 3]
+    for row in layers[:PLANTED]:
+        assert row["variants"]["template"]["rank_eps"] == 0 and row["variants"]["did"]["rank_eps"] == 0
+    planted = layers[PLANTED]["variants"]["template"]
+    assert planted["numerical_rank"] == RANK and 1 <= planted["rank_eps"] <= RANK
+    assert len(planted["spectrum"]) == 4 and set(planted["rank_at_eps"]) == {"0.01", "0.05", "0.1", "0.2"}
+    assert set(layers[0]["variants"]) == {"naive", "template", "aligned", "did", "template_control"}
+    markdown = (out / "audit.md").read_text()
+    assert markdown.splitlines()[2].startswith("> rho_eps is a fragility diagnostic")
+    assert "| 2 | template | " in markdown and "## Ablation" in markdown
+    for png in ("cumulative_energy.png", "spectra.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    ablation = report["ablation"]
+    assert ablation["layers"] == [2, 3] and ablation["k"] == [1, 3]  # narrow band of 4 blocks: 1.8..2.8 rounded
+    assert {"baseline", "template-k1", "template-k3", "template-u2", "did-k3", "random-k3-seed0",
+            "random-k3"} <= set(ablation["runs"])
+    assert ablation["runs"]["baseline"]["metric"] == "refusal"  # plain text prompts carry no answers
+    capsys.readouterr()
+    assert gate_main(["--baseline", str(out / "ablation" / "baseline.jsonl"),
+                      "--candidate", str(out / "ablation" / "template-k3.jsonl")]) in (0, 1)
+    assert "| audit-ablation | refusal | 3 |" in capsys.readouterr().out  # paired item by item
+
+
+@pytest.mark.slow
+def test_module_entry_point_fails_in_one_line(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "align.audit", "--base", "embedded:tiny", "--aligned",
+                          "embedded:tiny", "--eps", "2"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == ["align.audit: error: --eps 2.0 is outside (0, 1): eps is the share "
+                                               "of energy left out, e.g. 0.05"]
