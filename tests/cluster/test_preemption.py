@@ -2,6 +2,7 @@
 --requeue) makes the trainer save at the next step boundary, requeue the job and exit; the requeued job resumes
 from that checkpoint with resume=auto and finishes with the same weights and losses as an uninterrupted run."""
 
+import re
 import subprocess
 import sys
 import time
@@ -50,7 +51,8 @@ def test_sigusr1_saves_requeues_and_the_requeued_job_finishes_identically(slurm,
     job = submit.stdout.strip().split(";")[0]
     run_dir = tmp_path / "preempted"
 
-    wait_for(lambda: log.exists() and "'loss'" in log.read_text(), 180, "the first training step", name)
+    first_step = re.compile(r"^step \d+/\d+ \|", re.MULTILINE)  # the console's line per training step
+    wait_for(lambda: log.exists() and first_step.search(log.read_text()), 180, "the first training step", name)
     subprocess.run(["scancel", "--signal=USR1", job], check=True)  # what --signal=USR1@180 sends near the limit
     wait_for(lambda: "requeued; it continues from there" in log.read_text(), 120, "the requeue", name)
     saved = [p for p in run_dir.glob("checkpoint-*") if (p / COMPLETE_MARKER).exists()]
