@@ -400,6 +400,11 @@ class EvalConfig:
     # eval/step-0.jsonl vs the last eval/step-<N>.jsonl) and write <run_dir>/gate.json and gate.md.
     gate: bool = True
     gate_alpha: float = 0.05
+    # At the end, also audit what training changed in the activations (python -m align.audit, the final model against
+    # the starting one) into <run_dir>/audit/, on these prompt sets: files or shipped sets (see docs/audit.md).
+    audit: bool = False
+    audit_target: str = "embedded:arithmetic"
+    audit_control: str = "embedded:neutral"
 
 
 @dataclass
@@ -682,6 +687,14 @@ def validate(cfg: AlignConfig, processes: int | None = None, in_sweep: bool | No
     if cfg.eval.every_steps % t.logging_steps:
         raise ConfigError(f"eval.every_steps {cfg.eval.every_steps} must be 0 or a multiple of trainer.logging_steps "
                           f"{t.logging_steps}, so held-out accuracy is logged on the step it was measured.")
+    if cfg.eval.audit:
+        from align.audit.prompts import AuditInputError, load_prompts
+
+        for key in ("audit_target", "audit_control"):
+            try:
+                load_prompts(getattr(cfg.eval, key))
+            except AuditInputError as err:
+                raise ConfigError(f"eval.{key}: {err}.") from None
     if cfg.data.answer_regex:
         try:
             re.compile(cfg.data.answer_regex)

@@ -285,6 +285,26 @@ def _gate_final_against_start(run_dir: Path, alpha: float) -> dict:
     return {"degraded": report["degraded"], "p_value": report["p_value"], "report": str(run_dir / "gate.md")}
 
 
+def _audit_final_against_start(config: AlignConfig, start: str, run_dir: Path) -> dict:
+    """Effective-rank audit (align.audit) of the final model against `start` into <run_dir>/audit/. Reporting only:
+    a failure is a warning, and the run's exit status is not changed."""
+    from align.audit import report as audit_report
+    from align.audit.prompts import AuditInputError
+    from align.audit.run import AuditConfig, run_audit
+    from align.models import ModelLoadError, bf16_available
+
+    cfg = AuditConfig(base=start, aligned=str(run_dir / "final"), target=config.eval.audit_target,
+                      control=config.eval.audit_control, dtype="bfloat16" if bf16_available() else "float32",
+                      trust_remote_code=config.model.trust_remote_code)
+    try:
+        audit_report.write(run_audit(cfg, run_dir / "audit"), run_dir / "audit")
+    except (AuditInputError, ModelLoadError, OSError, ValueError) as err:  # e.g. a LoRA run's final/ is an adapter
+        log.warning("activation audit skipped: %s", err)
+        return {"error": str(err)}
+    print(f"[align] activation audit (final vs start): {run_dir / 'audit' / audit_report.MARKDOWN}", flush=True)
+    return {"report": str(run_dir / "audit" / audit_report.MARKDOWN)}
+
+
 # Settings that define what a run computes, or the data order a checkpoint's position refers to: resuming with any of
 # them changed would silently mix two experiments. The rest of trainer.* (e.g. a larger max_steps to train further,
 # save_steps), eval, logger and resume may change between attempts.
@@ -687,6 +707,8 @@ def _run(config: AlignConfig, cfg: DictConfig) -> dict:
                   f"{summary['accuracy_after']:.3f}", flush=True)
             if config.eval.gate:
                 summary["gate"] = _gate_final_against_start(run_dir, config.eval.gate_alpha)
+        if config.eval.audit:
+            summary["audit"] = _audit_final_against_start(config, model_path, run_dir)
         print(f"[align] final model: {summary['final_model']}\n[align] plot: {plot}", flush=True)
     finish_tracking(config.logger, state.is_main_process)
     state.wait_for_everyone()
