@@ -10,14 +10,14 @@ MARKDOWN, JSON, ENERGY_PNG, SPECTRA_PNG = "audit.md", "audit.json", "cumulative_
 TABLE_VARIANTS = ("naive", "template", "aligned", "did", "template_control")
 
 
-def _finite(value):
+def json_safe(value):
     """JSON has no NaN: undefined quantities (a zero matrix's cosines) become null."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -125,6 +125,6 @@ def plot(report: dict, out_dir: Path) -> list[Path]:
 
 def write(report: dict, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / JSON).write_text(json.dumps(_finite(report), indent=1) + "\n")
+    (out_dir / JSON).write_text(json.dumps(json_safe(report), indent=1) + "\n")
     (out_dir / MARKDOWN).write_text(markdown(report))
     return [out_dir / JSON, out_dir / MARKDOWN, *plot(report, out_dir)]
