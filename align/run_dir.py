@@ -7,7 +7,9 @@ late config error, a model that would not load) leaves a directory that a rerun 
 A non-empty directory without the marker belongs to someone else and is never written to: checkpoint folders in it
 would be taken for interrupted saves or rotated away, and its README.md replaced by a model card. The exception is a
 run directory align wrote before it had the marker: its config.yaml and a checkpoint with align's completion marker
-identify it as a started run.
+identify it as a started run (or, for a run saved without checkpoints, its exported final model). When a run has
+exported its final model, the marker records `finished` with the step reached: `resume=auto` then has
+nothing to redo unless `trainer.max_steps` asks for more.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ def _marker(directory: Path) -> dict | None:
 
 
 def _unmarked_align_run(directory: Path) -> bool:
-    return (directory / "config.yaml").is_file() and any(directory.glob(f"checkpoint-*/{COMPLETE_MARKER}"))
+    return (directory / "config.yaml").is_file() and (
+        any(directory.glob(f"checkpoint-*/{COMPLETE_MARKER}")) or (directory / "final" / "config.json").is_file())
 
 
 def run_dir_kind(directory: Path) -> RunDir:
@@ -70,3 +73,17 @@ def mark_started(directory: Path) -> None:
         raise FileNotFoundError(f"{directory} is not an align run directory (no {RUN_MARKER})")
     if not marker.get("started"):
         write_json_atomic({**marker, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, Path(directory) / RUN_MARKER)
+
+
+def mark_finished(directory: Path, step: int) -> None:
+    """Record that the run in `directory` is complete at optimizer step `step` (its final model exported). Call on
+    the main process."""
+    marker = _marker(directory) or {}
+    write_json_atomic({**marker, "finished": {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "step": step}},
+                      Path(directory) / RUN_MARKER)
+
+
+def finished_step(directory: Path) -> int | None:
+    """The optimizer step at which the run in `directory` finished, or None if it has not."""
+    finished = (_marker(directory) or {}).get("finished")
+    return finished.get("step") if isinstance(finished, dict) else None

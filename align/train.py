@@ -62,6 +62,11 @@ CONFIGS_DIR = Path(__file__).parent / "_configs"
 RECIPES_DIR = Path(__file__).parent / "_recipes"
 
 
+class RunFinished(Exception):
+    """resume=auto found the run already finished with nothing more to train: not an error (a requeued job that
+    completed meanwhile ends here with status 0)."""
+
+
 class RecipeError(ValueError):
     """`recipe=` names no recipe; the message lists the available ones."""
 
@@ -250,10 +255,29 @@ def _run_dir_problem(directory: Path, config: AlignConfig) -> str | None:
         return (f"run directory {directory} is not empty and holds no align run; choose another trainer.run_name or "
                 f"trainer.output_root.")
     if kind is RunDir.STARTED and config.resume == "auto":
-        return _changed_run_settings(directory / "config.yaml", config)
+        return _changed_run_settings(directory / "config.yaml", config) or _finished_run_problem(directory, config)
     if kind is RunDir.STARTED:
         return (f"run directory {directory} already holds a run; continue it with resume=auto, or choose another "
                 f"trainer.run_name or trainer.output_dir.")
+    return None
+
+
+def _finished_run_problem(directory: Path, config: AlignConfig) -> str | None:
+    """For resume=auto on a finished run: RunFinished when trainer.max_steps asks for nothing more; an error when it
+    asks for more but no checkpoint can continue it (training from scratch would replace the finished model)."""
+    from align.checkpoints import checkpoints, is_complete
+    from align.run_dir import finished_step
+
+    step = finished_step(directory)
+    if step is None:
+        return None
+    if config.trainer.max_steps <= step:
+        raise RunFinished(f"[align] resume=auto: the run in {directory} already finished at step {step} (final "
+                          f"model: {directory / 'final'}); nothing to do. Raise trainer.max_steps to train further.")
+    if not any(is_complete(path) for _, path in checkpoints(directory)):
+        return (f"resume=auto: the run in {directory} finished at step {step} without a checkpoint to continue from "
+                f"(trainer.save_steps was 0), so trainer.max_steps={config.trainer.max_steps} cannot continue it; "
+                f"start a new run from its final model: model.path={directory / 'final'}.")
     return None
 
 
@@ -490,6 +514,14 @@ def _save_final(trainer, tokenizer, directory: Path) -> None:
         trainer.save_state()
 
 
+def _mark_finished(trainer, run_dir: Path) -> None:
+    """The final model is exported: a later resume=auto of this run has nothing to redo at this max_steps."""
+    from align.run_dir import mark_finished
+
+    if trainer.accelerator.is_main_process:
+        mark_finished(run_dir, trainer.state.global_step)
+
+
 def _warm_start(config: AlignConfig, model_path: str, tokenizer, train_dataset, run_dir: Path, run_name: str,
                 state) -> str:
     """SFT on reference solutions; returns the path of the warm-started model, `warm_start/final`, which appears
@@ -694,6 +726,7 @@ def _run(config: AlignConfig, cfg: DictConfig) -> dict:
 
     _train(trainer, checkpoint, run_dir)
     _save_final(trainer, tokenizer, run_dir / "final")
+    _mark_finished(trainer, run_dir)
 
     summary = {"run_dir": str(run_dir), "final_model": str(run_dir / "final")}
     if heldout is not None:
@@ -764,6 +797,7 @@ def _train_and_report(trainer, tokenizer, config: AlignConfig, state, run_dir: P
     _stop_if_requested(trainer)
     before = next((entry for entry in trainer.state.log_history if any(key in entry for key in metrics)), {})
     _save_final(trainer, tokenizer, run_dir / "final")
+    _mark_finished(trainer, run_dir)
     summary = {"run_dir": str(run_dir), "final_model": str(run_dir / "final"),
                "eval_before": before, "eval_after": after}
     if state.is_main_process:
@@ -896,6 +930,9 @@ def _hydra_main(cfg: DictConfig) -> None:
     adopt_slurm_environment()  # under srun / the Slurm launcher: one process per task, rendezvous from Slurm
     try:
         summary = run(cfg)
+    except RunFinished as finished:
+        print(finished, flush=True)
+        return
     except _user_errors() as err:
         print(f"align: error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)

@@ -58,6 +58,11 @@ def test_run_dir_kinds(tmp_path):
 
 
 def test_a_run_directory_from_before_the_marker_counts_as_a_started_run(tmp_path):
+    saved_without_checkpoints = tmp_path / "final-only"
+    (saved_without_checkpoints / "final").mkdir(parents=True)
+    (saved_without_checkpoints / "config.yaml").write_text("trainer: {}\n")
+    (saved_without_checkpoints / "final" / "config.json").write_text("{}")
+    assert run_dir_kind(saved_without_checkpoints) is RunDir.STARTED, "trainer.save_steps=0: only final/"
     (tmp_path / "config.yaml").write_text("trainer: {}\n")
     _checkpoint(tmp_path, 2, complete=False)
     assert run_dir_kind(tmp_path) is RunDir.FOREIGN, "a config.yaml and a checkpoint-* folder prove nothing"
@@ -109,6 +114,26 @@ def test_a_rerun_after_a_late_failure_reuses_the_directory_but_a_finished_run_is
     with pytest.raises(ConfigError, match="already holds a run; continue it with resume=auto"):
         train(out, "trainer.max_steps=1")
     assert (Path(summary["final_model"]) / "model.safetensors").read_bytes() == finished
+
+
+def test_resume_auto_of_a_finished_run_has_nothing_to_redo(tmp_path, monkeypatch, capsys):
+    """A requeued job whose run finished meanwhile must not train it again: with save_steps 0 there is no checkpoint,
+    and starting over would replace the finished model."""
+    from align.train import RunFinished, main
+
+    out = tmp_path / "run"
+    args = GRPO + [f"trainer.output_dir={out}", "trainer.max_steps=1", "resume=auto"]
+    summary = run(compose(args))
+    final = Path(summary["final_model"]) / "model.safetensors"
+    finished, written = final.read_bytes(), final.stat().st_mtime_ns
+    with pytest.raises(RunFinished, match="already finished at step 1 .*nothing to do"):
+        run(compose(args))
+    monkeypatch.setattr(sys, "argv", ["align-train", *args])
+    main()  # the command line: one line, exit status 0
+    assert "already finished at step 1" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="finished at step 1 without a checkpoint to continue from"):
+        run(compose(args + ["trainer.max_steps=2"]))
+    assert final.read_bytes() == finished and final.stat().st_mtime_ns == written
 
 
 # --- rotation touches only this run's checkpoints ---------------------------------------------------------------------
