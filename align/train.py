@@ -53,7 +53,7 @@ from align.console import (
     help_text,
     quiet_dependencies,
 )
-from align.tracking import redact_override
+from align.tracking import redact_override, redact_text
 
 log = logging.getLogger("align")
 
@@ -322,7 +322,7 @@ def _audit_final_against_start(config: AlignConfig, start: str, run_dir: Path) -
                       trust_remote_code=config.model.trust_remote_code)
     try:
         audit_report.write(run_audit(cfg, run_dir / "audit"), run_dir / "audit")
-    except (AuditInputError, ModelLoadError, OSError, ValueError) as err:  # e.g. a LoRA run's final/ is an adapter
+    except (AuditInputError, ModelLoadError, OSError, ValueError) as err:  # e.g. an unreadable checkpoint
         log.warning("activation audit skipped: %s", err)
         return {"error": str(err)}
     print(f"[align] activation audit (final vs start): {run_dir / 'audit' / audit_report.MARKDOWN}", flush=True)
@@ -934,12 +934,17 @@ def _hydra_main(cfg: DictConfig) -> None:
         print(finished, flush=True)
         return
     except _user_errors() as err:
-        print(f"align: error: {err}", file=sys.stderr, flush=True)
+        print_error(err)
         sys.exit(2)
     if "stopped_during" in summary:
         # Exit, even with status 0 after a requeue: a normal return would make submitit record the point as done.
         shutdown_distributed()
         sys.exit(summary["exit_code"])
+
+
+def print_error(err: Exception) -> None:
+    """The one line a user error ends with, credentials redacted: a message may quote an override or a value."""
+    print(f"align: error: {redact_text(str(err))}", file=sys.stderr, flush=True)
 
 
 def shutdown_distributed() -> None:
@@ -971,7 +976,7 @@ def main() -> None:
         _hydra_main()
         shutdown_distributed()
     except (RecipeError, ConfigError) as err:
-        print(f"align: error: {err}", file=sys.stderr)
+        print_error(err)
         sys.exit(2)
     except KeyboardInterrupt:  # a second Ctrl-C (the first one stops at a point that keeps work), or one before run
         print(f"[align] stopped at once by Ctrl-C during {_current_phase()}; kept: the complete checkpoints only "

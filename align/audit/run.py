@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -84,20 +85,32 @@ def check_config(cfg: AuditConfig) -> None:
         raise AuditInputError(f"--direction {cfg.direction} does not exist; give a .npy of shape (d,) or (L, d)")
 
 
+def model_config(path: str, trust_remote_code: bool = False):
+    """The transformers config of the model at `path`; for a PEFT adapter directory (a LoRA run's final/), its base
+    model's (transformers loads the adapter onto that base)."""
+    from transformers import AutoConfig
+
+    from align.models import resolve_model_path
+
+    resolved = Path(resolve_model_path(path))
+    adapter = resolved / "adapter_config.json"
+    if adapter.is_file() and not (resolved / "config.json").is_file():
+        return model_config(json.loads(adapter.read_text())["base_model_name_or_path"], trust_remote_code)
+    return AutoConfig.from_pretrained(str(resolved) if resolved.exists() else path,
+                                      trust_remote_code=trust_remote_code)
+
+
 def check_pair(cfg: AuditConfig) -> tuple[object, object]:
     """Configs and tokenizers of both models, read without weights; AuditInputError when they cannot be compared:
     another architecture (model type, width, depth) or another vocabulary."""
-    from transformers import AutoConfig
-
-    from align.models import ModelLoadError, load_tokenizer, resolve_model_path
+    from align.models import ModelLoadError, load_tokenizer
 
     configs, tokenizers = [], []
     for flag, path in (("--base", cfg.base), ("--aligned", cfg.aligned)):
         try:
-            configs.append(AutoConfig.from_pretrained(resolve_model_path(path),
-                                                      trust_remote_code=cfg.trust_remote_code))
+            configs.append(model_config(path, cfg.trust_remote_code))
             tokenizers.append(load_tokenizer(path, trust_remote_code=cfg.trust_remote_code))
-        except (ModelLoadError, OSError, ValueError) as err:
+        except (ModelLoadError, OSError, ValueError, KeyError) as err:
             raise AuditInputError(f"{flag} {path}: {str(err).splitlines()[0]}") from None
     shape = [(c.model_type, c.hidden_size, c.num_hidden_layers) for c in configs]
     if shape[0] != shape[1]:

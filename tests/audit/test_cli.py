@@ -36,10 +36,16 @@ def checkpoints(tmp_path_factory):
     shallow = Qwen2ForCausalLM(type(model.config)(**config))
     shallow.save_pretrained(root / "shallow")
     tokenizer.save_pretrained(root / "shallow")
+    from peft import LoraConfig, get_peft_model
+
+    lora = get_peft_model(load_causal_lm(str(tiny), dtype="float32"),
+                          LoraConfig(r=2, target_modules=["down_proj"], init_lora_weights=False))
+    lora.save_pretrained(root / "lora")  # what a LoRA run's final/ holds: the adapter and the tokenizer
+    tokenizer.save_pretrained(root / "lora")
     model.save_pretrained(root / "other-tokenizer")
     tokenizer.add_tokens(["<extra>"])
     tokenizer.save_pretrained(root / "other-tokenizer")
-    return {"tiny": str(tiny), **{name: str(root / name) for name in ("planted", "shallow", "other-tokenizer")}}
+    return {"tiny": str(tiny), **{name: str(root / name) for name in ("planted", "shallow", "other-tokenizer", "lora")}}
 
 
 def _error(capsys, argv) -> str:
@@ -102,6 +108,14 @@ def test_a_run_writes_report_plots_and_gate_readable_ablation_records(checkpoint
     assert gate_main(["--baseline", str(out / "ablation" / "baseline.jsonl"),
                       "--candidate", str(out / "ablation" / "template-k3.jsonl")]) in (0, 1)
     assert "| audit-ablation | refusal | 3 |" in capsys.readouterr().out  # paired item by item
+
+
+def test_a_lora_adapter_is_audited_on_its_base(checkpoints, tmp_path):
+    out = tmp_path / "audit"
+    assert audit_main(["--base", checkpoints["tiny"], "--aligned", checkpoints["lora"], "--n", "4",
+                       "--out", str(out)]) == 0
+    layers = json.loads((out / "audit.json").read_text())["layers"]
+    assert all(row["variants"]["template"]["rank_eps"] >= 1 for row in layers)  # every block's W_down has LoRA
 
 
 @pytest.mark.slow
