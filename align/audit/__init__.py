@@ -40,7 +40,9 @@ Decisions the paper leaves open (or where we depart from its code), recorded her
   model with few blocks gets fewer), U = top-k left singular vectors of that layer's M_template and of M_DiD,
   k <= min(d, n); singles u_2..u_N (N = 3 by default; u_1 is k = 1). Null: a Haar-random orthonormal k-frame per
   layer (QR of a Gaussian), seeds 0..S-1 (S = 2 by default), shared by both sources. Behaviour: greedy decoding
-  (align.evaluation.generate_greedy, 48 new tokens by default) on held-out prompts; prompts with answers are scored
+  (align.evaluation.generate_greedy, 48 new tokens by default) on held-out prompts (the shipped held-out set for the
+  shipped target, else the target file's prompts after the first n; the SVD's own only when there are no others,
+  flagged `held_out: false`); prompts with answers are scored
   by the boxed-answer verifier (`accuracy`), prompts without by a refusal-phrase match (`refusal`); rates with Wilson
   95% intervals, the exact one-sided McNemar p of align.gate against the unablated model, and per-prompt records in
   align.gate's format (ablation/<run>.jsonl).

@@ -48,7 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--ablate-k", type=_ints, default=(),
                         help="ablate the top-k directions, e.g. 1,3,10 (default: no ablation check)")
     parser.add_argument("--ablate-prompts", help="held-out prompts for the ablation check (default: "
-                                                 "embedded:arithmetic-heldout for the shipped target, else --target)")
+                                                 "embedded:arithmetic-heldout for the shipped target, else the "
+                                                 "--target prompts after the first --n)")
     parser.add_argument("--ablate-n", type=int, default=32, help="ablation prompts (default 32)")
     parser.add_argument("--ablate-seeds", type=int, default=2, help="random k-frames per k (default 2)")
     parser.add_argument("--ablate-singles", type=int, default=3, help="single directions u_1..u_N (default 3)")

@@ -37,9 +37,13 @@ class PromptSet:
     def __len__(self) -> int:
         return len(self.prompts)
 
+    def rows(self, start: int = 0, stop: int | None = None) -> "PromptSet":
+        """Prompts [start, stop) (to the end if stop is None)."""
+        return PromptSet(self.source, self.prompts[start:stop], self.answers[start:stop], self.sha256)
+
     def head(self, n: int | None) -> "PromptSet":
         """The first `n` prompts (all if n is None)."""
-        return PromptSet(self.source, self.prompts[:n], self.answers[:n], self.sha256)
+        return self.rows(0, n)
 
 
 def _messages(value, where: str) -> list[dict]:

@@ -67,6 +67,9 @@ def ablation_markdown(ablation: dict) -> list[str]:
     metric = runs["baseline"]["metric"]
     lines = [f"## Ablation ({ablation['band']} band, blocks {ablation['layers']}, {ablation['n']} prompts of "
              f"`{ablation['prompts']}`, metric {metric})", "",
+             *([] if ablation.get("held_out", True) else
+               ["**Not held out:** these are prompts the SVD saw (give --ablate-prompts, or more --target prompts "
+                "than --n).", ""]),
              "SVD order is variance order, not causal order: read the whole k-curve and the single-direction rows. "
              "Per-prompt results: ablation/<run>.jsonl (`python -m align.gate --baseline ablation/baseline.jsonl "
              "--candidate ablation/<run>.jsonl`).", "",

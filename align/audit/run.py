@@ -40,7 +40,7 @@ class AuditConfig:
     dtype: str = "float32"
     direction: str | None = None  # .npy of shape (d,) or (L, d); default: DiM_a per layer
     ablate_k: tuple[int, ...] = ()
-    ablate_prompts: str | None = None  # default: embedded:arithmetic-heldout for the shipped target, else --target
+    ablate_prompts: str | None = None  # default: see `ablation_set`
     ablate_n: int = 32
     ablate_seeds: int = 2
     ablate_singles: int = 3  # single-direction rows u_1 .. u_this
@@ -265,15 +265,22 @@ def ablation_check(cfg: AuditConfig, tokenizer, bases: dict[int, dict[str, torch
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def ablation_set(cfg: AuditConfig, target: PromptSet) -> PromptSet:
+    """The ablation check's prompts: --ablate-prompts; else, for the shipped target, its held-out set; else the
+    target prompts after the first n (those the SVD did not see), or, when there are none, the SVD's own (the report
+    says `held_out: false`)."""
+    if cfg.ablate_prompts or cfg.target == "embedded:arithmetic":
+        return load_prompts(cfg.ablate_prompts or "embedded:arithmetic-heldout").head(cfg.ablate_n)
+    rest = target.rows(cfg.n or len(target))
+    return (rest if len(rest) else target).head(cfg.ablate_n)
+
+
 def run_audit(cfg: AuditConfig, out_dir: Path) -> dict:
     """The whole audit; returns the JSON report (see `align.audit.report` for what is written)."""
     check_config(cfg)
-    target, control = load_prompts(cfg.target).head(cfg.n), load_prompts(cfg.control).head(cfg.n)
-    ablation_prompts = None
-    if cfg.ablate_k:
-        source = cfg.ablate_prompts or ("embedded:arithmetic-heldout" if cfg.target == "embedded:arithmetic"
-                                        else cfg.target)
-        ablation_prompts = load_prompts(source).head(cfg.ablate_n)
+    all_target = load_prompts(cfg.target)
+    target, control = all_target.head(cfg.n), load_prompts(cfg.control).head(cfg.n)
+    ablation_prompts = ablation_set(cfg, all_target) if cfg.ablate_k else None
     model_config, tokenizer = check_pair(cfg)
     num_layers, width = model_config.num_hidden_layers, model_config.hidden_size
     directions = read_direction(cfg.direction, num_layers, width) if cfg.direction else None
@@ -295,6 +302,9 @@ def run_audit(cfg: AuditConfig, out_dir: Path) -> dict:
     }
     if ablation_prompts is not None:
         report["ablation"] = ablation_check(cfg, tokenizer, bases, ablation_prompts, num_layers, width, out_dir)
+        svd_prompts = {json.dumps(p, sort_keys=True) for p in target.prompts}
+        report["ablation"]["held_out"] = not svd_prompts & {json.dumps(p, sort_keys=True)
+                                                            for p in ablation_prompts.prompts}
     return report
 
 

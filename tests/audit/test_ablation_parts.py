@@ -35,3 +35,19 @@ def test_centered_did_equals_centered_template():
     torch.testing.assert_close(ranks.center(m["did"]), ranks.center(m["template"]))
     dim_aligned, dim_base = ranks.difference_in_means(acts[0], acts[4]), ranks.difference_in_means(acts[1], acts[5])
     torch.testing.assert_close(ranks.column_mean(m["did"]), dim_aligned - dim_base)  # mean column = DiM_a - DiM_b
+
+
+def test_ablation_prompts_are_held_out_from_the_svd_set(tmp_path):
+    from align.audit.prompts import load_prompts
+    from align.audit.run import AuditConfig, ablation_set
+
+    (tmp_path / "t.txt").write_text("".join(f"prompt {i}\n" for i in range(6)))
+    target = load_prompts(str(tmp_path / "t.txt"))
+    cfg = AuditConfig(base="b", aligned="a", target=str(tmp_path / "t.txt"), control="c", n=4)
+    assert [p[0]["content"] for p in ablation_set(cfg, target).prompts] == ["prompt 4", "prompt 5"]
+    cfg.n = 6  # nothing left over: the SVD's own prompts (the report flags them)
+    assert len(ablation_set(cfg, target)) == 6
+    shipped = AuditConfig(base="b", aligned="a", target="embedded:arithmetic", control="c", ablate_n=5)
+    held_out = ablation_set(shipped, load_prompts("embedded:arithmetic"))
+    assert len(held_out) == 5 and held_out.source == "embedded:arithmetic-heldout"
+    assert not {str(p) for p in held_out.prompts} & {str(p) for p in load_prompts("embedded:arithmetic").prompts}

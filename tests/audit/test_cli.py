@@ -104,6 +104,7 @@ def test_a_run_writes_report_plots_and_gate_readable_ablation_records(checkpoint
     assert {"baseline", "template-k1", "template-k3", "template-u2", "did-k3", "random-k3-seed0",
             "random-k3"} <= set(ablation["runs"])
     assert ablation["runs"]["baseline"]["metric"] == "refusal"  # plain text prompts carry no answers
+    assert ablation["held_out"] is False and "**Not held out:**" in markdown  # 4 target prompts, --n 4
     capsys.readouterr()
     assert gate_main(["--baseline", str(out / "ablation" / "baseline.jsonl"),
                       "--candidate", str(out / "ablation" / "template-k3.jsonl")]) in (0, 1)
