@@ -159,6 +159,11 @@ def check_config(overrides: list[str], multirun: bool = False) -> None:
     swept = {o.get_key_element() for o in parsed if o.is_sweep_override()} if multirun else set()
     points = BasicSweeper.split_arguments(parsed, None)[0] if multirun else [overrides]
     with initialize_config_dir(config_dir=str(CONFIGS_DIR), version_base="1.3"):
+        if multirun:  # Hydra composes the fixed overrides as given, before the sweeper keeps the last of a repeated key
+            try:
+                compose(config_name="config", overrides=[o.input_line for o in parsed if not o.is_sweep_override()])
+            except HydraException as err:  # e.g. `+key=a +key=b`
+                raise ConfigError(composition_error(err)) from None
         for number, point in enumerate(points):
             values = " ".join(redact_override(o) for o in point if o.split("=", 1)[0] in swept)
             where = f"sweep point {number} ({values}): " if multirun else ""
