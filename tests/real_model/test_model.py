@@ -11,13 +11,13 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from align import models
+from align.files import file_sha256
 from align.models import (
     SMOLLM2,
     SOURCE_RECORD,
     ModelLoadError,
     check_lora_targets,
     ensure_smollm2,
-    file_sha256,
     load_causal_lm,
     load_tokenizer,
     missing_lora_targets,
