@@ -62,7 +62,10 @@ class StopRequest:
             log.warning("the run is outside the main thread: SIGUSR1 / SIGTERM / SIGINT will not save and stop it")
             yield self
             return
-        previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
+        # A shell starts background jobs with SIGINT ignored, so that a Ctrl-C in the terminal leaves them alone:
+        # keep it that way.
+        previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS
+                    if not (s == signal.SIGINT and signal.getsignal(s) == signal.SIG_IGN)}
         try:
             yield self
         finally:

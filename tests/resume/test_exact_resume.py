@@ -235,6 +235,21 @@ def test_a_stop_request_records_the_phase_and_a_second_ctrl_c_stops_at_once(capf
         request.check(lambda: pytest.fail("nothing to keep without a signal"))
 
 
+def test_an_ignored_sigint_stays_ignored():
+    """A shell's background job starts with SIGINT ignored; the run must not start stopping on the terminal's Ctrl-C."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        request = StopRequest()
+        with request.installed():
+            assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) == request._handle
+            os.kill(os.getpid(), signal.SIGINT)
+            assert request.agreed() == (False, False, False)
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_checkpoints_inside_a_generation_cycle_are_refused():
     from align.config import ConfigError, validate
 
