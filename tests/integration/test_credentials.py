@@ -17,6 +17,12 @@ PLANTED = b"SENTINEL-"
 SECRETS = {"secret_key": "SENTINEL-secret_key-7f3a", "private_key": "SENTINEL-private_key-7f3a",
            "aws_secret_access_key": "SENTINEL-aws-7f3a", "auth_header": "Bearer SENTINEL-auth_header-7f3a"}
 NESTED_PASSWORD = "SENTINEL-password-7f3a"
+# Values that a text rule would cut short: unquoted with a space, a list, a URL's user information; and `creds`.
+UNQUOTED = {"headers": "{Authorization: Bearer SENTINEL-bearer-7f3a}", "api_keys": "[SENTINEL-list-a, SENTINEL-list-b]",
+            "creds": "SENTINEL-creds-7f3a", "endpoint": "'https://user:SENTINEL-url-7f3a@host/v1'"}
+RECEIVED = {"headers": {"Authorization": "Bearer SENTINEL-bearer-7f3a"},
+            "api_keys": ["SENTINEL-list-a", "SENTINEL-list-b"], "creds": "SENTINEL-creds-7f3a",
+            "endpoint": "https://user:SENTINEL-url-7f3a@host/v1"}
 
 
 def keyed_reward(prompts, completions, secret_key, private_key, aws_secret_access_key, auth_header, connection,
@@ -27,13 +33,15 @@ def keyed_reward(prompts, completions, secret_key, private_key, aws_secret_acces
     received = {"secret_key": secret_key, "private_key": private_key, "aws_secret_access_key": aws_secret_access_key,
                 "auth_header": auth_header}
     assert received == SECRETS and connection == {"password": NESTED_PASSWORD}, received
+    assert {name: kwargs[name] for name in RECEIVED} == RECEIVED, kwargs
     if fail:
         kwargs["log_metric"]("keyed", "not a number")
     return [0.0] * len(completions)
 
 
 def reward_with_credentials(fail: bool = False) -> str:
-    kwargs = ", ".join(f"{name}: '{value}'" for name, value in SECRETS.items())
+    kwargs = ", ".join([*(f"{name}: '{value}'" for name, value in SECRETS.items()),
+                        *(f"{name}: {value}" for name, value in UNQUOTED.items())])
     return (f"reward.sources=[{{name: '{__name__}:keyed_reward', kwargs: {{{kwargs}, "
             f"connection: {{password: {NESTED_PASSWORD}}}, fail: {str(fail).lower()}}}}}]")
 
