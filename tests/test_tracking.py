@@ -100,7 +100,8 @@ def parses(override: str) -> bool:
     ("~trainer.trl.hub_token", "~trainer.trl.hub_token"),
     ("reward.sources=[{name: x, kwargs: {secret_key: abc, threshold: 1, auth: 'a b'}}]",
      f"reward.sources=[{{name: x, kwargs: {{secret_key: {HIDDEN}, threshold: 1, auth: {HIDDEN}}}}}]"),
-    ("reward.sources=[{name:x,kwargs:{private_key:abc}}]", f"reward.sources=[{{name: x, kwargs: {{private_key: {HIDDEN}}}}}]"),
+    ("reward.sources=[{name:x,kwargs:{private_key:abc}}]",
+     f"reward.sources=[{{name: x, kwargs: {{private_key: {HIDDEN}}}}}]"),
     # A value with spaces, a list value, a sweep's every choice, quoted strings kept as typed.
     ("reward.sources=[{name: x, kwargs: {Authorization: Bearer S3CRET}}]",
      f"reward.sources=[{{name: x, kwargs: {{Authorization: {HIDDEN}}}}}]"),
