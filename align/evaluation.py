@@ -17,6 +17,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList, TrainerCallback
 
 from align.console import phase_progress
+from align.distributed import decided_by_main
 from align.rewards.verifiers import boxed_spans
 
 
@@ -207,13 +208,9 @@ class HeldOutAccuracy(TrainerCallback):
             return
         # A resumed run continues the history its earlier attempts wrote, and measures the resumed model only if no
         # attempt did at this step.
-        from accelerate.utils import broadcast_object_list
-
-        main = self.trainer.accelerator.is_main_process
-        history = [measured_history(self.run_dir, up_to=state.global_step) if main else None]  # ranks agree
-        if self.trainer.accelerator.num_processes > 1:
-            broadcast_object_list(history, from_process=0)
-        self.history = history[0]
+        accelerator = self.trainer.accelerator
+        self.history = decided_by_main(accelerator.is_main_process, accelerator.num_processes,
+                                       lambda: measured_history(self.run_dir, up_to=state.global_step))
         if not (self.history and self.history[-1][0] == state.global_step):
             accuracy = self.measure(state.global_step)
             if self.trainer.accelerator.is_main_process:

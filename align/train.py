@@ -53,6 +53,7 @@ from align.console import (
     help_text,
     quiet_dependencies,
 )
+from align.distributed import decided_by_main
 from align.tracking import redact_override, redact_text
 
 log = logging.getLogger("align")
@@ -185,12 +186,28 @@ def composition_error(err: Exception) -> str:
     """One line for a Hydra composition error: an unknown key with the closest setting, else Hydra's message."""
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-    cause = err.__cause__
+    if isinstance(err, MissingConfigException) and err.options and "/" in (err.missing_cfg_file or ""):
+        return unknown_option_message(err.missing_cfg_file, err.options)
+    cause = err.__cause__ or err.__context__
     if not (isinstance(cause, OmegaConfBaseException) and cause.full_key):
         return " ".join(str(err).split())
     if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and dataclasses.is_dataclass(cause.object_type):
-        return unknown_key_message(cause.full_key, cause.object_type)
-    return f"{cause.full_key}: {str(cause).splitlines()[0]}."  # e.g. a value of the wrong type
+        return where + unknown_key_message(cause.full_key, cause.object_type)
+    if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and cause.object_type is dict:
+        key = cause.full_key.replace("[", ".").replace("]", "")
+        return (f"{where}{cause.full_key} is a new key of an open dict: add it with a leading '+' "
+                f"(+{key}=VALUE).")
+    return f"{where}{cause.full_key}: {str(cause).splitlines()[0]}."
+
+
+def unknown_option_message(missing: str, options: list[str]) -> str:
+    """`group=name` names no option of a config group (`missing` is Hydra's 'group/name'): the closest option and
+    the list, without the typed schemas that Hydra lists too (`*_schema`, not meant to be chosen)."""
+    group, _, name = missing.rpartition("/")
+    choices = [option for option in options if not option.endswith("_schema")]
+    close = difflib.get_close_matches(name, choices, n=1)
+    hint = f"; did you mean {close[0]}?" if close else "."
+    return f"{group}={name}: no such option{hint} Options: {', '.join(choices)}."
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -217,17 +234,14 @@ def shared_run_dir(config: AlignConfig, state) -> tuple[Path, str]:
     whose run already started, unless resume=auto continues it with the same run-defining settings. A directory
     whose run failed before training began is reused.
     """
-    from accelerate.utils import broadcast_object_list
-
-    chosen = [None, None, None]  # directory, name, error
-    if state.is_main_process:
+    def decide() -> tuple[str, str, str | None]:  # directory, name, error
         directory, name = _planned_run_dir(config)
-        chosen = [str(directory.resolve()), name, _run_dir_problem(directory, config)]
-    if state.num_processes > 1:
-        broadcast_object_list(chosen, from_process=0)
-    if chosen[2]:
-        raise ConfigError(chosen[2])
-    return Path(chosen[0]), chosen[1]
+        return str(directory.resolve()), name, _run_dir_problem(directory, config)
+
+    directory, name, error = decided_by_main(state.is_main_process, state.num_processes, decide)
+    if error:
+        raise ConfigError(error)
+    return Path(directory), name
 
 
 def _planned_run_dir(config: AlignConfig) -> tuple[Path, str]:
@@ -359,29 +373,26 @@ def _changed_run_settings(saved_config: Path, config: AlignConfig) -> str | None
 def _resume_checkpoint(config: AlignConfig, run_dir: Path, state, stage: str = "") -> str | None:
     """With resume=auto, the newest complete checkpoint in `run_dir` (chosen on rank 0, shared), else None; `stage`
     names what it continues in the announcement (e.g. "the warm start")."""
-    from accelerate.utils import broadcast_object_list
-
     from align.checkpoints import COMPLETE_MARKER, newest_complete_checkpoint
 
     if config.resume != "auto":
         return None
-    chosen = [None, None]  # checkpoint, error
-    if state.is_main_process:
+
+    def decide() -> tuple[str | None, str | None]:  # checkpoint, error
         newest = newest_complete_checkpoint(run_dir)
-        chosen = [str(newest) if newest else None, None]
         processes = json.loads((newest / COMPLETE_MARKER).read_text()).get("processes") if newest else None
         if processes not in (None, state.num_processes):
-            chosen[1] = (f"resume=auto: {newest} was written by {processes} processes, this launch has "
-                         f"{state.num_processes}; optimizer shards and the data split across ranks depend on it. "
-                         f"Launch {processes} processes to resume.")
-        else:
-            print(f"[align] resume=auto: continuing {stage + ' ' if stage else ''}from {newest.name}" if newest else
-                  "[align] resume=auto: no complete checkpoint yet, starting from the beginning", flush=True)
-    if state.num_processes > 1:
-        broadcast_object_list(chosen, from_process=0)
-    if chosen[1]:
-        raise ConfigError(chosen[1])
-    return chosen[0]
+            return None, (f"resume=auto: {newest} was written by {processes} processes, this launch has "
+                          f"{state.num_processes}; optimizer shards and the data split across ranks depend on it. "
+                          f"Launch {processes} processes to resume.")
+        print(f"[align] resume=auto: continuing {stage + ' ' if stage else ''}from {newest.name}" if newest else
+              "[align] resume=auto: no complete checkpoint yet, starting from the beginning", flush=True)
+        return str(newest) if newest else None, None
+
+    checkpoint, error = decided_by_main(state.is_main_process, state.num_processes, decide)
+    if error:
+        raise ConfigError(error)
+    return checkpoint
 
 
 def _train(trainer, checkpoint: str | None, run_dir: Path, phase: str = "training",
@@ -406,17 +417,13 @@ def _stop_if_requested(trainer) -> None:
     """A phase boundary after training (or its final evaluation): on a stop request, keep a complete checkpoint of
     the current step, which the `Preemption` callback saved, or saved now for a signal that came after the last
     step, and raise `Stopped`. A resume from it trains no further and redoes only what came after training."""
-    from accelerate.utils import broadcast_object_list
-
     from align.checkpoints import is_complete
     from align.preemption import STOP
 
     def keep() -> str:
         folder = Path(trainer.args.output_dir) / f"checkpoint-{trainer.state.global_step}"
-        missing = [not is_complete(folder)]  # rank 0's view: it writes the marker
-        if trainer.accelerator.num_processes > 1:
-            broadcast_object_list(missing, from_process=0)
-        if missing[0]:
+        accelerator = trainer.accelerator  # rank 0's view: it writes the marker
+        if decided_by_main(accelerator.is_main_process, accelerator.num_processes, lambda: not is_complete(folder)):
             trainer._save_checkpoint(trainer.model_wrapped, trial=None)  # what the Trainer calls at a save step
         return str(folder)
 
@@ -438,8 +445,6 @@ def _kept(run_dir: Path) -> str:
 def _stopped_summary(cfg: DictConfig, stopped) -> dict:
     """End a run that a stop signal stopped: trackers flushed, one line from rank 0, the job requeued where SIGUSR1
     asked for it under Slurm; the summary carries the exit status every rank ends with."""
-    from accelerate.utils import broadcast_object_list
-
     from align.preemption import after_stop
     from align.tracking import finish_tracking
     from align.trainers.common import distributed_state
@@ -451,13 +456,14 @@ def _stopped_summary(cfg: DictConfig, stopped) -> dict:
     state = distributed_state()
     finish_tracking(cfg.logger, state.is_main_process)
     state.wait_for_everyone()
-    code = [None]
-    if state.is_main_process:
-        code[0], next_step = after_stop(stopped.requeue, stopped.interrupted)
+    def decide() -> int:
+        code, next_step = after_stop(stopped.requeue, stopped.interrupted)
         print(f"[align] {stopped}; {next_step}", flush=True)
-    if state.num_processes > 1:  # one status for all: srun --kill-on-bad-exit would end rank 0 early otherwise
-        broadcast_object_list(code, from_process=0)
-    return {"stopped_during": stopped.phase, "kept": stopped.kept, "exit_code": code[0]}
+        return code
+
+    # One status for all: srun --kill-on-bad-exit would end rank 0 early otherwise.
+    code = decided_by_main(state.is_main_process, state.num_processes, decide)
+    return {"stopped_during": stopped.phase, "kept": stopped.kept, "exit_code": code}
 
 
 def _required_columns(config: AlignConfig) -> dict[str, str | None]:
