@@ -7,7 +7,8 @@ warning instead of loading. The marker records the size and SHA-256 of every fil
 checks them and sets aside a checkpoint that was truncated or changed since (a half-copied folder, bit rot), falling
 back to the newest one that verifies. Rotation of old checkpoints (`trainer.save_total_limit`) runs only after the
 marker and only over checkpoints that carry one, so at every instant at least one complete checkpoint exists once
-one has been written, and a folder align did not complete is never deleted. A save that runs out of disk space ends
+one has been written, and rotation never deletes a folder align did not complete (the warm start's own checkpoints
+are removed once its final model is exported: `align.train`). A save that runs out of disk space ends
 the run with one line naming the newest complete checkpoint (`DiskFullError`).
 
 Stop signals (SIGUSR1 before a Slurm time limit, SIGTERM, Ctrl-C) save a checkpoint at a step boundary:
