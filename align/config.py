@@ -8,9 +8,11 @@ dataset or model is loaded.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
 import functools
+import importlib.util
 import math
 import os
 import re
@@ -36,6 +38,10 @@ REWARD_MODEL_OBJECTIVES = ("bradley_terry", "gaussian_anchor", "causal_rm")
 MULTIREF_LOSSES = ("mrpo", "mdpo")
 MULTIREF_WEIGHTINGS = ("uniform", "arwc", "vdw", "vaw", "swcw", "swcw_onehot", "tsw")
 MULTIREF_NEEDS_VALIDATION = ("vdw", "vaw", "tsw")
+# Named here, not imported, so validation needs no heavy import (tests keep each equal to the mapping it names):
+SYNTHETIC_TASKS = ("arithmetic", "arithmetic_chat")  # align.data.synthetic.TASKS (importing align.data: datasets)
+BUILTIN_REWARD_NAMES = ("exact_match", "numeric_match", "boxed_match", "format_boxed",  # align.rewards.BUILTIN_REWARDS
+                        "reward_model")  # (importing align.rewards: torch, math_verify)
 # DPOConfig fields the multiref_dpo trainer sets itself or that its loss, data path and reference cache bypass.
 MULTIREF_TRL_OWNED = {
     "max_length", "truncation_mode", "padding_free", "dataset_num_proc", "precompute_ref_log_probs",
@@ -476,16 +482,26 @@ def _one_of(key: str, value: Any, allowed: tuple) -> None:
         raise ConfigError(f"{key} is '{value}'; choose one of: {', '.join(map(str, allowed))}.")
 
 
+@functools.lru_cache(maxsize=None)
+def _parsed_source(package: str, relative: str) -> ast.Module | None:
+    """The module `relative` (a path inside the installed `package`), parsed and not imported, or None if it is not
+    there: importing transformers' or TRL's modules imports torch and peft, seconds a config check must not spend."""
+    spec = importlib.util.find_spec(package)
+    source = Path(spec.origin).parent / relative if spec and spec.origin else None
+    return ast.parse(source.read_text()) if source and source.is_file() else None
+
+
+def source_class(package: str, relative: str, name: str) -> ast.ClassDef | None:
+    """The top-level class `name` of `package`/`relative` as source (`_parsed_source`), or None if it is not there."""
+    module = _parsed_source(package, relative)
+    return next((node for node in module.body if isinstance(node, ast.ClassDef) and node.name == name), None) \
+        if module else None
+
+
 @functools.lru_cache(maxsize=1)
 def scheduler_types() -> tuple[str, ...]:
-    """The values of transformers' `SchedulerType` (trainer.lr_scheduler_type), read from its source file: importing
-    transformers.trainer_utils imports torch and peft, seconds that a config check must not spend."""
-    import ast
-    import importlib.util
-
-    source = Path(importlib.util.find_spec("transformers").origin).parent / "trainer_utils.py"
-    enum = next(node for node in ast.walk(ast.parse(source.read_text()))
-                if isinstance(node, ast.ClassDef) and node.name == "SchedulerType")
+    """The values of transformers' `SchedulerType` (trainer.lr_scheduler_type), read from its source file."""
+    enum = source_class("transformers", "trainer_utils.py", "SchedulerType")
     return tuple(item.value.value for item in enum.body
                  if isinstance(item, ast.Assign) and isinstance(item.value, ast.Constant))
 
@@ -493,13 +509,10 @@ def scheduler_types() -> tuple[str, ...]:
 @functools.lru_cache(maxsize=1)
 def grpo_loss_types() -> tuple[str, ...]:
     """The loss types the installed TRL's GRPOConfig accepts (algorithm.loss_type), from the "Supported values are
-    ..." sentence of its `loss_type` field, read from the source file for the reason `scheduler_types` gives. TRL
-    keeps no list of them in code; should the sentence ever change shape, the loss types TRL 1.16 documents are used."""
-    import ast
-    import importlib.util
-
-    source = Path(importlib.util.find_spec("trl").origin).parent / "trainer" / "grpo_config.py"
-    for node in ast.walk(ast.parse(source.read_text())):
+    ..." sentence of its `loss_type` field, read from the source file (`source_class`). TRL keeps no list of them in
+    code; should the sentence ever change shape, the loss types TRL 1.16 documents are used."""
+    grpo_config = source_class("trl", "trainer/grpo_config.py", "GRPOConfig")
+    for node in ast.walk(grpo_config) if grpo_config else ():
         if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", None) == "loss_type":
             help_text = next((v.value for call in ast.walk(node) if isinstance(call, ast.Dict)
                               for k, v in zip(call.keys, call.values)
@@ -508,6 +521,28 @@ def grpo_loss_types() -> tuple[str, ...]:
             if supported and (names := re.findall(r"'(\w+)'", supported.group(1))):
                 return tuple(names)
     return GRPO_LOSS_TYPES
+
+
+# align's algorithms -> the TRL config class their trainer and/or algorithm.trl pass-through keys go to, and its file.
+TRL_CONFIGS = {GRPOAlgorithmConfig: ("GRPOConfig", "grpo_config.py"), RewardModelAlgorithmConfig:
+               ("RewardConfig", "reward_config.py"), MultiRefDPOAlgorithmConfig: ("DPOConfig", "dpo_config.py"),
+               SFTAlgorithmConfig: ("SFTConfig", "sft_config.py")}
+
+
+@functools.lru_cache(maxsize=None)
+def trl_config_fields(name: str, file: str) -> frozenset[str]:
+    """The field names of TRL's config class `name` (defined in trl/trainer/`file`), read from the source files of
+    it and its bases (TRL's _BaseConfig, transformers' TrainingArguments). Should that chain of classes ever change,
+    the class is imported instead (seconds), so a real field is never refused."""
+    chain = [source_class("trl", f"trainer/{file}", name), source_class("trl", "trainer/base_config.py", "_BaseConfig"),
+             source_class("transformers", "training_args.py", "TrainingArguments")]
+    if None in chain or any([getattr(b, "id", None) for b in cls.bases] != [base.name]
+                            for cls, base in zip(chain, chain[1:])) or chain[-1].bases:
+        import trl
+
+        return frozenset(f.name for f in dataclasses.fields(getattr(trl, name)))
+    return frozenset(item.target.id for cls in chain for item in cls.body
+                     if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name))
 
 
 DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
@@ -521,8 +556,8 @@ LIMITS: dict[type, dict[str, Any]] = {
     ModelConfig: {"dtype": DTYPES},
     LoraConfig: {"r": ">= 0; 0 trains every weight", "alpha": "> 0", "dropout": "[0, 1)"},
     DataConfig: {"eval_size": ">= 0", "max_train_rows": ">= 1; null keeps every row"},
-    SyntheticConfig: {"num_train": ">= 1", "num_eval": ">= 0", "digits": ">= 1", "seed": ">= 0",
-                      "sloppy_fraction": "[0, 1]"},
+    SyntheticConfig: {"task": SYNTHETIC_TASKS, "num_train": ">= 1", "num_eval": ">= 0", "digits": ">= 1",
+                      "seed": ">= 0", "sloppy_fraction": "[0, 1]"},
     RewardSourceConfig: {"weight": "finite"},
     TrainerConfig: {"seed": ">= 0", "max_steps": ">= 1", "learning_rate": "> 0", "lr_scheduler_type": scheduler_types,
                     "warmup_steps": ">= 0", "weight_decay": ">= 0", "max_grad_norm": ">= 0; 0 turns clipping off",
@@ -612,6 +647,95 @@ def unknown_key_message(key: str, node_type: type) -> str:
     return f"{key} is not a setting of align (only open dicts such as trainer.trl take new keys).{hint}"
 
 
+_DOTTED_NAME = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
+
+
+def reward_source_problem(name: str) -> str | None:
+    """Why `name` names no reward source, or None: it must be a built-in (BUILTIN_REWARD_NAMES) or an import path
+    `package.module:function` (or `package.module.function`). Only the path's form is checked here; importing the
+    user's module is left to `align.rewards.resolve_reward`, when the run builds its rewards."""
+    if name in BUILTIN_REWARD_NAMES:
+        return None
+    module, colon, attribute = name.partition(":")
+    if colon and _DOTTED_NAME.fullmatch(module) and _DOTTED_NAME.fullmatch(attribute):
+        return None
+    if not colon and "." in name and _DOTTED_NAME.fullmatch(name):
+        return None
+    if colon or "." in name:
+        return (f"Reward source '{name}' is not an import path; write 'package.module:function' (Python names "
+                f"separated by dots, one colon before the function).")
+    close = difflib.get_close_matches(name, BUILTIN_REWARD_NAMES, n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    return (f"Unknown reward source '{name}'.{hint} Built-in sources: {', '.join(BUILTIN_REWARD_NAMES)}; for your "
+            f"own function give an import path 'package.module:function'.")
+
+
+def model_path_problem(path: str) -> str | None:
+    """Why `path` (model.path, a reference model's path) names no model, as far as the file system tells, or None:
+    a local directory must be a checkpoint (config.json, or a PEFT adapter's adapter_config.json), and a path that
+    looks local must exist. Hub names (`name`, `org/name`) and `embedded:*` names are left to the loader."""
+    if path.startswith("embedded:"):
+        return None
+    local = Path(path).expanduser()
+    if local.is_dir() and not any((local / name).is_file() for name in ("config.json", "adapter_config.json")):
+        # transformers would go on to guess a tokenizer class and suggest installing sentencepiece
+        held = sorted(p.name for p in local.iterdir())
+        return (f"Model path '{path}' is a directory without config.json, so not a model checkpoint (it holds: "
+                f"{', '.join(held[:5]) + (', ...' if len(held) > 5 else '') or 'nothing'}). Give a directory written "
+                f"by save_pretrained (e.g. a run's final/), a hub name, or 'embedded:tiny'.")
+    if not local.exists() and (path.startswith((".", "/", "~")) or path.count("/") > 1):
+        return (f"Model path '{path}' does not exist. Give an existing local directory, a hub name such as "
+                f"'Qwen/Qwen2.5-0.5B-Instruct', or 'embedded:tiny' for the embedded tiny model.")
+    return None
+
+
+_HUB_KERNEL = re.compile(r"[^/:]+/[^/:]+(?:@[^/:]+)?(?::[^/:]+)?")  # transformers' hub_kernels.is_kernel
+
+
+@functools.lru_cache(maxsize=1)
+def attention_implementations() -> tuple[str, ...] | None:
+    """The model.attn_implementation names transformers accepts for every model: eager and the keys of its
+    AttentionInterface (sdpa, flash_attention_2 / 3, flex_attention, ...), read from modeling_utils.py
+    (`source_class`); None if its layout changed."""
+    interface = source_class("transformers", "modeling_utils.py", "AttentionInterface")
+    mapping = next((item.value for item in interface.body if isinstance(item, ast.Assign)
+                    and getattr(item.targets[0], "id", None) == "_global_mapping"), None) if interface else None
+    if not isinstance(mapping, ast.Dict):
+        return None
+    return ("eager", *(key.value for key in mapping.keys if isinstance(key, ast.Constant)))
+
+
+def attention_problem(name: str, trust_remote_code: bool) -> str | None:
+    """Why transformers would refuse model.attn_implementation `name` when the model loads, or None: it must be
+    one of `attention_implementations` (also with the deprecated 'paged|' prefix) or a hub kernel `org/name`.
+    Unchecked with trust_remote_code (the model's own code may register more) or if the names cannot be read."""
+    names = attention_implementations()
+    if trust_remote_code or names is None or _HUB_KERNEL.fullmatch(name) or name.removeprefix("paged|") in names:
+        return None
+    close = difflib.get_close_matches(name, names, n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    return (f"model.attn_implementation is '{name}'; choose one of: {', '.join(names)}, or a kernel from the hub "
+            f"('org/name', e.g. kernels-community/flash-attn2).{hint}")
+
+
+def _validate_names(cfg: AlignConfig) -> None:
+    """Reward sources, the held-out metric, model paths and the attention implementation, each checked for what
+    can be known without importing anything heavy or loading anything."""
+    rewards = [(f"reward.sources[{i}].name", source.name) for i, source in enumerate(cfg.reward.sources)]
+    rewards += [("eval.metric", cfg.eval.metric)] if cfg.eval.enabled else []
+    models = [("model.path", cfg.model.path)]
+    if isinstance(cfg.algorithm, MultiRefDPOAlgorithmConfig):
+        models += [(f"algorithm.references[{i}]", r.path) for i, r in enumerate(reference_models(cfg.algorithm))]
+    for key, problem in [(key, reward_source_problem(name)) for key, name in rewards] + \
+                        [(key, model_path_problem(path)) for key, path in models]:
+        if problem:
+            raise ConfigError(f"{key}: {problem}")
+    if cfg.model.attn_implementation:
+        problem = attention_problem(cfg.model.attn_implementation, cfg.model.trust_remote_code)
+        if problem:
+            raise ConfigError(problem)
+
+
 def _check_limits(key: str, node: Any) -> None:
     """Every field of the dataclass `node` (at dotted `key`) against LIMITS; floats must be finite."""
     for f in dataclasses.fields(node):
@@ -655,8 +779,9 @@ def hydra_multirun():
 
 def validate(cfg: AlignConfig, processes: int | None = None, in_sweep: bool | None = None) -> None:
     """Check every setting (no unknown keys, each within its LIMITS) and the constraints across settings; raise
-    ConfigError naming the key and the fix. Loads nothing and imports nothing heavy unless a setting needs it (bf16,
-    4-bit, TRL pass-through keys). `processes`: the launch's process count (default: WORLD_SIZE); `in_sweep`:
+    ConfigError naming the key and the fix. Loads nothing and imports nothing heavy unless a setting needs it (a
+    bf16 / fp16 dtype or 4-bit loading ask torch whether there is a GPU); names in other packages (TRL config fields,
+    schedulers, attention implementations) are read from their source files. `processes`: the launch's process count (default: WORLD_SIZE); `in_sweep`:
     whether this is a point of a multirun (default: ask Hydra)."""
     processes = processes or world_size()
     t, algo = cfg.trainer, cfg.algorithm
@@ -666,6 +791,7 @@ def validate(cfg: AlignConfig, processes: int | None = None, in_sweep: bool | No
     for key, node in _config_nodes(cfg):
         _check_known_keys(key, node)
         _check_limits(key, node)
+    _validate_names(cfg)
     in_sweep = hydra_multirun() is not None if in_sweep is None else in_sweep
     if cfg.resume == "auto" and not (t.run_name or t.output_dir or in_sweep):
         raise ConfigError("resume=auto continues the run in a fixed directory, but the default run name has a "
@@ -716,13 +842,9 @@ def validate(cfg: AlignConfig, processes: int | None = None, in_sweep: bool | No
 def _validate_passthrough(cfg: AlignConfig) -> None:
     """`trainer.trl` / `algorithm.trl` must name real fields of the TRL config, and none that align sets itself."""
     if not (cfg.trainer.trl or cfg.algorithm.trl):
-        return  # nothing to check, and importing TRL takes seconds
-    from trl import DPOConfig, GRPOConfig, RewardConfig, SFTConfig
-
-    trl_class = GRPOConfig if isinstance(cfg.algorithm, GRPOAlgorithmConfig) else \
-        RewardConfig if isinstance(cfg.algorithm, RewardModelAlgorithmConfig) else \
-        DPOConfig if isinstance(cfg.algorithm, MultiRefDPOAlgorithmConfig) else SFTConfig
-    known = {f.name for f in dataclasses.fields(trl_class)}
+        return
+    trl_class, file = next(trl for algo, trl in TRL_CONFIGS.items() if isinstance(cfg.algorithm, algo))
+    known = trl_config_fields(trl_class, file)
     for key, node in (("trainer.trl", cfg.trainer), ("algorithm.trl", cfg.algorithm)):
         owned = {f.name for f in dataclasses.fields(node)} - {"trl", "name"}
         for name in node.trl:
@@ -731,7 +853,7 @@ def _validate_passthrough(cfg: AlignConfig) -> None:
             if name not in known:
                 close = difflib.get_close_matches(name, known, n=1)
                 hint = f" Did you mean '{close[0]}'?" if close else ""
-                raise ConfigError(f"{key}.{name} is not a field of TRL's {trl_class.__name__}.{hint}")
+                raise ConfigError(f"{key}.{name} is not a field of TRL's {trl_class}.{hint}")
 
 
 def generation_cycle_steps(algo: GRPOAlgorithmConfig, trainer: TrainerConfig) -> int:

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import torch
 
+from align.config import model_path_problem
 from align.files import file_sha256
 
 log = logging.getLogger(__name__)
@@ -345,30 +346,17 @@ def _resolve_embedded(path: str) -> Path:
 
 def resolve_model_path(path: str) -> str:
     """Map `embedded:*` names to their built directory; check that local-looking paths exist and that a local
-    directory is a checkpoint (config.json, or a PEFT adapter's adapter_config.json).
+    directory is a checkpoint (`align.config.model_path_problem`, which validation runs before anything loads).
 
     Hub names (`org/name`) are returned unchanged; whether they resolve is up to the hub (or its offline cache).
     """
     if path.startswith(EMBEDDED_PREFIX):
         return str(_resolve_embedded(path))
+    problem = model_path_problem(path)
+    if problem:
+        raise ModelLoadError(problem)
     local = Path(path).expanduser()
-    if local.is_dir() and not any((local / name).is_file() for name in ("config.json", "adapter_config.json")):
-        # transformers would go on to guess a tokenizer class and suggest installing sentencepiece
-        held = sorted(p.name for p in local.iterdir())
-        raise ModelLoadError(
-            f"Model path '{path}' is a directory without config.json, so not a model checkpoint (it holds: "
-            f"{', '.join(held[:5]) + (', ...' if len(held) > 5 else '') or 'nothing'}). Give a directory written by "
-            f"save_pretrained (e.g. a run's final/), a hub name, or '{TINY}'."
-        )
-    if local.exists():
-        return str(local)
-    # Hub names are `name` or `org/name`; anything else is meant as a local path.
-    if path.startswith((".", "/", "~")) or path.count("/") > 1:
-        raise ModelLoadError(
-            f"Model path '{path}' does not exist. Give an existing local directory, a hub name such as "
-            f"'Qwen/Qwen2.5-0.5B-Instruct', or '{TINY}' for the embedded tiny model."
-        )
-    return path
+    return str(local) if local.exists() else path
 
 
 def bf16_available() -> bool:

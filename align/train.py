@@ -155,8 +155,8 @@ def check_config(overrides: list[str], multirun: bool = False) -> None:
 
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
-    except HydraException as err:  # e.g. a stray space: key= value
-        raise ConfigError(composition_error(err)) from None
+    except HydraException as err:
+        raise ConfigError(override_syntax_problem(overrides) or composition_error(err)) from None
     swept = {o.get_key_element() for o in parsed if o.is_sweep_override()} if multirun else set()
     points = BasicSweeper.split_arguments(parsed, None)[0] if multirun else [overrides]
     with initialize_config_dir(config_dir=str(CONFIGS_DIR), version_base="1.3"):
@@ -182,8 +182,31 @@ def check_config(overrides: list[str], multirun: bool = False) -> None:
                 raise ConfigError(f"{where}{composition_error(err)}") from None
 
 
+def override_syntax_problem(overrides: list[str]) -> str | None:
+    """Why overrides that Hydra cannot parse are not setting=value, when a space explains it: one around '=' that
+    the shell split off (`key= 3` arrives as `key=` and `3`, `key =3` as `key` and `=3`) or one inside a quoted
+    key (`'key =3'`); else None. Values are redacted."""
+    for override, following in zip(overrides, [*overrides[1:], ""]):
+        key, equals, value = override.partition("=")
+        if equals and " " in key:  # Hydra's keys never hold a space
+            where, fixed = "before '='", key.replace(" ", "") + "=" + value
+        elif equals and not value and following and "=" not in following and not following.startswith("-"):
+            where, fixed = "after '='", override + following
+        elif not equals and following.startswith("=") and not override.startswith(("-", "~")):
+            where, fixed = "before '='", override + following
+        else:
+            continue
+        shown = redact_override(fixed)
+        shown = shown.replace("=", "= " if where == "after '='" else " =", 1)
+        return f"override '{shown}' is not setting=value (a space {where}?); write {redact_override(fixed)}."
+    return None
+
+
 def composition_error(err: Exception) -> str:
-    """One line for a Hydra composition error: an unknown key with the closest setting, else Hydra's message."""
+    """One line for a Hydra composition error: an unknown key with the closest setting, a new key of an open dict
+    given without its '+', an unknown config group option with the closest one, else Hydra's message. The
+    OmegaConf error is the exception's cause, or (a key set in a recipe file) only its context."""
+    from hydra.errors import MissingConfigException
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
     if isinstance(err, MissingConfigException) and err.options and "/" in (err.missing_cfg_file or ""):
@@ -191,6 +214,8 @@ def composition_error(err: Exception) -> str:
     cause = err.__cause__ or err.__context__
     if not (isinstance(cause, OmegaConfBaseException) and cause.full_key):
         return " ".join(str(err).split())
+    message = str(err)
+    where = f"{message.split(chr(39))[1]}: " if message.startswith("In '") else ""  # the file that sets the key
     if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and dataclasses.is_dataclass(cause.object_type):
         return where + unknown_key_message(cause.full_key, cause.object_type)
     if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and cause.object_type is dict:
@@ -267,6 +292,10 @@ def _run_dir_problem(directory: Path, config: AlignConfig) -> str | None:
     """Why this run may not write into `directory`, or None."""
     from align.run_dir import RunDir, run_dir_kind
 
+    blocker = next((path for path in (directory, *directory.parents) if path.exists()), None)
+    if blocker is not None and not blocker.is_dir():  # a file where the run directory, or a folder above it, goes
+        key = "trainer.output_dir" if config.trainer.output_dir else "trainer.output_root"
+        return f"{key}: {blocker} is a file, not a directory; choose a new or empty directory."
     kind = run_dir_kind(directory)
     if kind is RunDir.FOREIGN and config.trainer.output_dir:
         return f"trainer.output_dir {directory} is not empty and holds no align run; choose an empty or new directory."

@@ -98,6 +98,34 @@ BAD_INPUT = [
      "is a directory without config.json, so not a model checkpoint"),
     ("sft-column", lambda tmp: ["recipe=sft-arithmetic-tiny", "algorithm.completion_column=nope"],
      "'hints']. Set algorithm.completion_column to one of them."),  # not data.columns.nope, which does not exist
+    # Checked before Hydra starts, without importing torch, TRL or datasets (test_cheap_checks_import_nothing_heavy):
+    ("reward-name", lambda tmp: ["reward.sources=[{name: boxd_match}]"],
+     "reward.sources[0].name: Unknown reward source 'boxd_match'. Did you mean 'boxed_match'?"),
+    ("reward-path", lambda tmp: ["reward.sources=[{name: 'my rewards:score'}]"],
+     "reward.sources[0].name: Reward source 'my rewards:score' is not an import path"),
+    ("eval-metric", lambda tmp: ["eval.metric=boxd"], "eval.metric: Unknown reward source 'boxd'"),
+    ("synthetic-task", lambda tmp: ["data.synthetic.task=algebra"],
+     "data.synthetic.task is 'algebra'; choose one of: arithmetic, arithmetic_chat"),
+    ("trl-field", lambda tmp: ["+trainer.trl.hub_tokn=1"],
+     "trainer.trl.hub_tokn is not a field of TRL's GRPOConfig. Did you mean 'hub_token'?"),
+    ("missing-model", lambda tmp: [f"model.path={tmp / 'no-model'}"], "model.path: Model path '"),
+    ("attention", lambda tmp: ["model.attn_implementation=flashy"],
+     "model.attn_implementation is 'flashy'; choose one of: eager,"),
+    # Hydra's own errors, made one line with the fix:
+    ("recipe-key-typo", lambda tmp: ["recipe=" + _write(tmp / "mine.yaml", b"# @package _global_\ntrainer:\n"
+                                                                          b"  max_stepz: 3\n")],
+     "recipe/mine: trainer.max_stepz is not a setting of align (only open dicts such as trainer.trl take new keys). "
+     "Did you mean 'trainer.max_steps'?"),
+    ("group-typo", lambda tmp: ["algorithm=grpoo"],
+     "algorithm=grpoo: no such option; did you mean grpo? Options: fgrpo, fhal, grpo, gspo,"),  # no *_schema
+    ("space-after-equals", lambda tmp: ["trainer.max_steps=", "3"],  # what the shell makes of trainer.max_steps= 3
+     "override 'trainer.max_steps= 3' is not setting=value (a space after '='?); write trainer.max_steps=3."),
+    ("space-before-equals", lambda tmp: ["trainer.max_steps =3"],
+     "override 'trainer.max_steps =3' is not setting=value (a space before '='?); write trainer.max_steps=3."),
+    ("open-dict-without-plus", lambda tmp: ["trainer.trl.hub_token=X"],
+     "trainer.trl.hub_token is a new key of an open dict: add it with a leading '+'"),
+    ("output-dir-is-a-file", lambda tmp: ["trainer.output_dir=" + _write(tmp / "notes.txt", b"notes")],
+     "notes.txt is a file, not a directory"),
 ]
 
 
@@ -107,14 +135,43 @@ def test_bad_input_is_one_line_exit_2_before_any_load(arguments, message, tmp_pa
     from align.train import main
 
     run_dir, root = tmp_path / "run", tmp_path / "root"
-    monkeypatch.setattr(sys, "argv", ["align-train", *arguments(tmp_path), f"trainer.output_dir={run_dir}",
-                                      f"trainer.output_root={root}"])
+    monkeypatch.setattr(sys, "argv", ["align-train", f"trainer.output_dir={run_dir}", f"trainer.output_root={root}",
+                                      *arguments(tmp_path)])  # last: a case's own output_dir overrides the default
     with pytest.raises(SystemExit) as exit_:
         main()
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("align: error: ")]
     assert exit_.value.code == 2 and len(errors) == 1, errors
     assert message in errors[0]
     assert not run_dir.exists() and not root.exists(), "refused before the run directory: no weights were loaded"
+
+
+@pytest.mark.parametrize("override", ["reward.sources=[{name: boxd_match}]", "eval.metric=boxd",
+                                      "data.synthetic.task=algebra", "+trainer.trl.hub_tokn=1",
+                                      "model.path=/no/such/model", "model.attn_implementation=flashy"])
+def test_cheap_checks_import_nothing_heavy(override):
+    """These values are refused before anything heavy is imported (a config error prints within ~2 s): reward names,
+    synthetic tasks, TRL field names and attention names are read without importing torch, TRL, datasets or
+    math_verify (measured by what is imported, not by a clock)."""
+    from tests.test_console import HEAVY, _imported
+
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "align.train", override], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    errors = [line for line in result.stderr.splitlines() if not line.startswith("import time:")]
+    assert result.returncode == 2 and len(errors) == 1 and errors[0].startswith("align: error: "), errors
+    assert not (HEAVY | {"math_verify"}) & _imported(result.stderr)
+
+
+def test_valid_names_pass_validation_without_importing_them():
+    """A user's reward function (its module is imported only when the run builds its rewards), a TRL field and an
+    attention implementation pass the pre-Hydra check without importing the user's module, TRL or transformers."""
+    code = ("import sys; from align.train import check_config; "
+            "check_config(['reward.sources=[{name: \"tests.bad_rewards:nan_reward\"}]', '+trainer.trl.hub_token=x', "
+            "'model.attn_implementation=kernels-community/flash-attn2']); "
+            "print(sorted(m for m in ('tests.bad_rewards', 'torch', 'trl', 'transformers', 'datasets') "
+            "if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"
 
 
 def test_missing_dataset_column(tmp_path, tiny_run):
@@ -126,7 +183,7 @@ def test_missing_dataset_column(tmp_path, tiny_run):
 
 
 def test_model_path_that_does_not_exist(tiny_run, tmp_path):
-    with pytest.raises(ModelLoadError, match="does not exist"):
+    with pytest.raises(ConfigError, match="model.path: Model path .* does not exist"):
         run(compose(tiny_run + [f"model.path={tmp_path / 'no-model'}"]))
 
 

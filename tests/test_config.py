@@ -80,6 +80,57 @@ def test_unknown_key_fails_at_composition():
         compose(["trainer.learning_rat=1e-3"])
 
 
+def test_names_read_without_importing_match_the_imported_ones():
+    """Validation reads TRL's config fields, transformers' attention names, the built-in reward sources and the
+    synthetic tasks without importing them (seconds); each must equal what the import gives."""
+    import dataclasses
+
+    import trl
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    from align.config import (
+        BUILTIN_REWARD_NAMES,
+        SYNTHETIC_TASKS,
+        TRL_CONFIGS,
+        attention_implementations,
+        trl_config_fields,
+    )
+    from align.data import TASKS
+    from align.rewards import BUILTIN_REWARDS
+
+    for name, file in TRL_CONFIGS.values():
+        assert trl_config_fields(name, file) == {f.name for f in dataclasses.fields(getattr(trl, name))}, name
+    assert set(attention_implementations()) == {"eager", *ALL_ATTENTION_FUNCTIONS.valid_keys()}
+    assert BUILTIN_REWARD_NAMES == tuple(BUILTIN_REWARDS) and SYNTHETIC_TASKS == tuple(TASKS)
+
+
+@pytest.mark.parametrize("name, problem", [
+    ("boxed_match", None), ("my_pkg.rewards:score", None), ("my_pkg.rewards.score", None),
+    ("boxd_match", "Did you mean 'boxed_match'?"), ("my_pkg.rewards:", "is not an import path"),
+    ("my pkg:score", "is not an import path"), ("my_pkg..rewards:score", "is not an import path"),
+])
+def test_reward_source_names_are_checked_by_form(name, problem):
+    from align.config import reward_source_problem
+
+    assert (reward_source_problem(name) is None) if problem is None else problem in reward_source_problem(name)
+
+
+@pytest.mark.parametrize("name, refused", [
+    ("sdpa", False), ("eager", False), ("flash_attention_2", False), ("paged|sdpa", False),
+    ("kernels-community/flash-attn2", False), ("kernels-community/flash-attn2@v1:flash_attn", False),
+    ("flashy", True), ("flash_attention", True),
+])
+def test_attention_implementation_is_checked_before_anything_loads(name, refused):
+    config = typed([f"model.attn_implementation='{name}'"])
+    if not refused:
+        validate(config, processes=1)
+        return
+    with pytest.raises(ConfigError, match=f"model.attn_implementation is '{name}'; choose one of: eager"):
+        validate(config, processes=1)
+    config.model.trust_remote_code = True  # the model's own code may register more implementations
+    validate(config, processes=1)
+
+
 def test_trl_passthrough_keys_are_checked_before_anything_loads():
     validate(typed(["+algorithm.trl.top_entropy_quantile=0.2", "+trainer.trl.adam_beta2=0.99"]), processes=1)
     with pytest.raises(ConfigError, match="not a field of TRL's GRPOConfig. Did you mean 'top_entropy_quantile'"):

@@ -12,13 +12,13 @@ training step into an error that names the source and the sample.
 
 from __future__ import annotations
 
-import difflib
 import functools
 import importlib
 import inspect
 import math
 import numbers
 
+from align.config import reward_source_problem
 from align.rewards.reward_model import reward_model
 from align.rewards.verifiers import VERIFIERS, completion_text
 
@@ -86,26 +86,23 @@ def resolve_reward(name: str, kwargs: dict | None = None):
 
     `name` is a built-in (`BUILTIN_REWARDS`) or an import path `package.module:function` or
     `package.module.function`. Raises RewardConfigError for an unknown built-in (listing them, with a close
-    match if any), a module that fails to import, a missing attribute, something that is not a function, or
-    kwargs the function does not take.
+    match if any: `align.config.reward_source_problem`, which validation runs before anything loads), a module
+    that fails to import, a missing attribute, something that is not a function, or kwargs the function does not
+    take.
     """
     kwargs = _plain(kwargs or {})
+    problem = reward_source_problem(name)
+    if problem:
+        raise RewardConfigError(problem)
     if name in BUILTIN_REWARDS:
         fn = BUILTIN_REWARDS[name]
-    elif "." in name or ":" in name:
+    else:
         fn = _import_target(name)
         if inspect.isclass(fn) or not callable(fn):
             raise RewardConfigError(
                 f"Reward source '{name}' is a {type(fn).__name__}, not a function; point it at a function "
                 "fn(prompts, completions, **kwargs) -> list[float | None] (or at an instance with __call__)."
             )
-    else:
-        close = difflib.get_close_matches(name, BUILTIN_REWARDS, n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise RewardConfigError(
-            f"Unknown reward source '{name}'.{hint} Built-in sources: {', '.join(BUILTIN_REWARDS)}; "
-            "for your own function give an import path 'package.module:function'."
-        )
     _check_kwargs(fn, kwargs, name, strict=name in BUILTIN_REWARDS)
     if not kwargs:
         return fn
