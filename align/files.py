@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
+
+
+def cache_dir() -> Path:
+    """align's cache of built models, reference log-probs and user recipe links: $ALIGN_CACHE, else ~/.cache/align."""
+    return Path(os.environ.get("ALIGN_CACHE", Path.home() / ".cache" / "align"))
 
 
 def file_sha256(path: Path) -> str:

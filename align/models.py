@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 from align.config import model_path_problem
-from align.files import file_sha256
+from align.files import cache_dir, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +71,6 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 class ModelLoadError(ValueError):
     """A model or tokenizer cannot be loaded as configured; the message says why and what to change."""
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("ALIGN_CACHE", Path.home() / ".cache" / "align"))
 
 
 def build_tiny_tokenizer():

@@ -78,7 +78,7 @@ def available_recipes() -> list[str]:
 
 def _user_recipe_root(path: Path, name: str) -> Path:
     """A search-path root holding `recipe/<name>.yaml` -> the user's file, so Hydra composes it like a built-in."""
-    from align.models import cache_dir
+    from align.files import cache_dir  # not align.models: torch, seconds before a config error could print
 
     root = cache_dir() / "user-recipes" / hashlib.sha256(str(path).encode()).hexdigest()[:12]
     link = root / "recipe" / f"{name}.yaml"

@@ -145,17 +145,19 @@ def test_bad_input_is_one_line_exit_2_before_any_load(arguments, message, tmp_pa
     assert not run_dir.exists() and not root.exists(), "refused before the run directory: no weights were loaded"
 
 
-@pytest.mark.parametrize("override", ["reward.sources=[{name: boxd_match}]", "eval.metric=boxd",
-                                      "data.synthetic.task=algebra", "+trainer.trl.hub_tokn=1",
-                                      "model.path=/no/such/model", "model.attn_implementation=flashy"])
-def test_cheap_checks_import_nothing_heavy(override):
+CHEAP = ("reward-name", "eval-metric", "synthetic-task", "trl-field", "missing-model", "attention", "recipe-key-typo")
+
+
+@pytest.mark.parametrize("arguments", [case[1] for case in BAD_INPUT if case[0] in CHEAP],
+                         ids=[case[0] for case in BAD_INPUT if case[0] in CHEAP])
+def test_cheap_checks_import_nothing_heavy(arguments, tmp_path):
     """These values are refused before anything heavy is imported (a config error prints within ~2 s): reward names,
-    synthetic tasks, TRL field names and attention names are read without importing torch, TRL, datasets or
-    math_verify (measured by what is imported, not by a clock)."""
+    synthetic tasks, TRL field names, attention names and user recipes are read without importing torch, TRL,
+    datasets or math_verify (measured by what is imported, not by a clock)."""
     from tests.test_console import HEAVY, _imported
 
-    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "align.train", override], cwd=REPO,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "align.train", *arguments(tmp_path)],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
     errors = [line for line in result.stderr.splitlines() if not line.startswith("import time:")]
     assert result.returncode == 2 and len(errors) == 1 and errors[0].startswith("align: error: "), errors
     assert not (HEAVY | {"math_verify"}) & _imported(result.stderr)
