@@ -482,10 +482,10 @@ def _one_of(key: str, value: Any, allowed: tuple) -> None:
         raise ConfigError(f"{key} is '{value}'; choose one of: {', '.join(map(str, allowed))}.")
 
 
-@functools.lru_cache(maxsize=None)
 def _parsed_source(package: str, relative: str) -> ast.Module | None:
     """The module `relative` (a path inside the installed `package`), parsed and not imported, or None if it is not
-    there: importing transformers' or TRL's modules imports torch and peft, seconds a config check must not spend."""
+    there: importing transformers' or TRL's modules imports torch and peft, seconds a config check must not spend.
+    Not cached (a syntax tree of modeling_utils.py is tens of MB); its callers cache the names they read."""
     spec = importlib.util.find_spec(package)
     source = Path(spec.origin).parent / relative if spec and spec.origin else None
     return ast.parse(source.read_text()) if source and source.is_file() else None
@@ -781,8 +781,8 @@ def validate(cfg: AlignConfig, processes: int | None = None, in_sweep: bool | No
     """Check every setting (no unknown keys, each within its LIMITS) and the constraints across settings; raise
     ConfigError naming the key and the fix. Loads nothing and imports nothing heavy unless a setting needs it (a
     bf16 / fp16 dtype or 4-bit loading ask torch whether there is a GPU); names in other packages (TRL config fields,
-    schedulers, attention implementations) are read from their source files. `processes`: the launch's process count (default: WORLD_SIZE); `in_sweep`:
-    whether this is a point of a multirun (default: ask Hydra)."""
+    schedulers, attention implementations) are read from their source files. `processes`: the launch's process
+    count (default: WORLD_SIZE); `in_sweep`: whether this is a point of a multirun (default: ask Hydra)."""
     processes = processes or world_size()
     t, algo = cfg.trainer, cfg.algorithm
     if getattr(algo, "name", None) not in ALGORITHMS:
