@@ -155,5 +155,5 @@ def test_a_sweep_point_is_grouped_by_sweep_and_named_by_its_overrides():
 def test_sweep_run_names_drop_excluded_keys_and_redact_credentials():
     sweep = {**SWEEP, "overrides": ["trainer.seed=2", "+reward.sources.0.kwargs.api_key=sk-123", "recipe=a"],
              "exclude": ["recipe"]}
-    assert sweep_names(None, "x", sweep)[1] == f"+reward.sources.0.kwargs.api_key={REDACTED},trainer.seed=2"
+    assert sweep_names(None, "x", sweep)[1] == f"+reward.sources.0.kwargs.api_key='{REDACTED}',trainer.seed=2"
     assert sweep_names(None, "fallback", {**SWEEP, "overrides": []})[1] == "fallback"
