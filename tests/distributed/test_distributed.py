@@ -190,9 +190,11 @@ def test_two_process_grpo_resumes_exactly_mid_epoch_after_the_first(tmp_path):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     launch("cpu_ddp.yaml", args + [f"trainer.output_dir={straight}"])
     resumed.mkdir()
-    for name in ("config.yaml", ".align-run"):
-        shutil.copy(straight / name, resumed / name)
-    shutil.copytree(straight / "checkpoint-4", resumed / "checkpoint-4")  # as if stopped right after saving it
+    shutil.copy(straight / "config.yaml", resumed / "config.yaml")
+    marker = json.loads((straight / ".align-run").read_text())
+    del marker["finished"]  # as if stopped right after saving checkpoint-4
+    (resumed / ".align-run").write_text(json.dumps(marker))
+    shutil.copytree(straight / "checkpoint-4", resumed / "checkpoint-4")
     result = launch("cpu_ddp.yaml", args + [f"trainer.output_dir={resumed}", "resume=auto"])
     assert "resume=auto: continuing from checkpoint-4" in result.stdout
     a, b = losses(straight), losses(resumed)
