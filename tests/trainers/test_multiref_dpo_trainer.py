@@ -290,12 +290,12 @@ def test_tiny_recipe_trains_with_vaw_weights_ordered_by_reference_quality(tmp_pa
 
 
 def test_a_bad_reference_fails_before_any_reference_is_scored(tmp_path):
-    from align.models import ModelLoadError
+    from align.config import ConfigError
     from align.train import run
     from tests.conftest import compose
 
     overrides = tiny_recipe(tmp_path, "algorithm.references=[embedded:tiny-pref:2,/no/such/model]")
-    with pytest.raises(ModelLoadError, match="/no/such/model"):
+    with pytest.raises(ConfigError, match=r"algorithm.references\[1\]: Model path '/no/such/model' does not exist"):
         run(compose(overrides))
     assert not list(tmp_path.glob("cache/*.safetensors"))
 
