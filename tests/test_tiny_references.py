@@ -141,7 +141,8 @@ def test_resolve_model_path_builds_and_caches_references(reference_root, monkeyp
                                   "embedded:tiny-pref:inf", "embedded:other", "embedded:tiny-pref"])
 def test_malformed_embedded_names_name_the_valid_forms(name, tmp_path, monkeypatch):
     monkeypatch.setenv("ALIGN_CACHE", str(tmp_path))
-    with pytest.raises(ModelLoadError, match=r"'embedded:tiny', 'embedded:smollm2-135m-instruct' and 'embedded:tiny-pref:<float tilt>'"):
+    forms = r"'embedded:tiny', 'embedded:smollm2-135m-instruct' and 'embedded:tiny-pref:<float tilt>'"
+    with pytest.raises(ModelLoadError, match=forms):
         resolve_model_path(name)
     assert not any(tmp_path.iterdir()), "nothing is built for a bad name"
 
