@@ -74,6 +74,15 @@ def finish(process: subprocess.Popen, log: Path) -> tuple[int, str]:
     return code, log.read_text()
 
 
+def stopped_by(signum: int, args: list[str], log: Path, condition, what: str) -> tuple[int, str]:
+    """Start `python -m align.train args`, send `signum` once `condition()` holds (`what` names it for a failure),
+    and return (exit status, output) once the run has stopped by itself."""
+    process = start(args, log)
+    wait_for(process, condition, log, what)
+    process.send_signal(signum)
+    return finish(process, log)
+
+
 def stop_line(output: str) -> str:
     """The one line a stopped run ends with; no traceback anywhere."""
     assert "Traceback" not in output, output[-3000:]
@@ -102,10 +111,7 @@ def test_sigterm_in_the_warm_start_keeps_a_warm_start_checkpoint_that_resume_con
     out = tmp_path / "run"
     args = grpo(out, "warm_start.max_steps=12", "warm_start.per_device_train_batch_size=8", "trainer.max_steps=1")
     log = tmp_path / "stopped.log"
-    process = start(args, log)
-    wait_for(process, in_log(log, "warm start: SFT for 12 steps"), log, "the warm start")
-    process.send_signal(signal.SIGTERM)
-    code, output = finish(process, log)
+    code, output = stopped_by(signal.SIGTERM, args, log, in_log(log, "warm start: SFT for 12 steps"), "the warm start")
 
     line = stop_line(output)
     match = re.fullmatch(rf"\[align\] stopped by SIGTERM during the warm start; kept: {out}/warm_start/checkpoint-"
@@ -151,10 +157,8 @@ def test_sigterm_during_reference_scoring_keeps_the_scored_references(tmp_path, 
             "algorithm.data.synthetic.num_eval=20", "algorithm.validation_size=20", "algorithm.bandit_pairs=16",
             f"algorithm.cache_dir={cache}", f"trainer.output_dir={out}", "resume=auto"]
     log = tmp_path / "stopped.log"
-    process = start(args, log)
-    wait_for(process, in_log(log, "[align] reference 1/3"), log, "the first reference")
-    process.send_signal(signal.SIGTERM)  # while the second one is scored
-    code, output = finish(process, log)
+    # SIGTERM while the second reference is scored
+    code, output = stopped_by(signal.SIGTERM, args, log, in_log(log, "[align] reference 1/3"), "the first reference")
 
     line = stop_line(output)
     match = re.fullmatch(rf"\[align\] stopped by SIGTERM during reference scoring; kept: the log-probs of ([23]) of "
@@ -175,10 +179,9 @@ def test_sigint_in_training_saves_a_checkpoint_and_exits_130(tmp_path):
     out = tmp_path / "run"
     args = grpo(out)
     log = tmp_path / "stopped.log"
-    process = start(args, log)
-    wait_for(process, (out / "eval" / "step-0.jsonl").exists, log, "the evaluation before training")
-    process.send_signal(signal.SIGINT)  # the first optimizer step is under way
-    code, output = finish(process, log)
+    # SIGINT while the first optimizer step is under way
+    code, output = stopped_by(signal.SIGINT, args, log, (out / "eval" / "step-0.jsonl").exists,
+                              "the evaluation before training")
 
     assert stop_line(output) == (f"[align] stopped by SIGINT during training; kept: {out}/checkpoint-1; run again "
                                  f"with resume=auto to continue")
