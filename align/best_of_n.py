@@ -88,7 +88,7 @@ def selection_keys(mu: torch.Tensor, sigma: torch.Tensor | None, quantile: float
     if sigma is None:
         raise BestOfNError(f"a scalar reward model has no sigma, so it cannot select by quantile {quantile}; use "
                            f"--select mean or a Gaussian (gaussian_anchor) reward model.")
-    from align.trainers.reward_model import quantile_reward
+    from align.methods.reward_model.trainer import quantile_reward
 
     return quantile_reward(mu, sigma, quantile)
 
@@ -264,7 +264,7 @@ def _validate(args: argparse.Namespace) -> float | None:
         raise BestOfNError(f"--reward-model '{args.reward_model}' is not a reward model checkpoint (no config.json "
                            f"there); give the final/ or a checkpoint-N/ directory of an algorithm=reward_model run.")
     if quantile is not None:
-        from align.trainers.reward_model import CONFIG_KEY
+        from align.methods.reward_model.trainer import CONFIG_KEY
 
         try:
             head = json.loads(config_file.read_text()).get(CONFIG_KEY, {}).get("head")

@@ -476,7 +476,7 @@ def _stopped_summary(cfg: DictConfig, stopped) -> dict:
     asked for it under Slurm; the summary carries the exit status every rank ends with."""
     from align.preemption import after_stop
     from align.tracking import finish_tracking
-    from align.trainers.common import distributed_state
+    from align.methods.common import distributed_state
 
     if os.environ.get("SLURM_JOB_ID"):
         # A requeue (or the preemption itself) sends SIGTERM to every task, SIGKILL after KillWait: it must not
@@ -572,8 +572,8 @@ def _warm_start(config: AlignConfig, model_path: str, tokenizer, train_dataset, 
     from align.models import load_causal_lm
     from align.preemption import STOP
     from align.progress import show_progress
-    from align.trainers.common import training_arguments
-    from align.trainers.sft import build_sft_trainer, to_prompt_completion
+    from align.methods.common import training_arguments
+    from align.methods.sft.trainer import build_sft_trainer, to_prompt_completion
 
     w = config.warm_start
     stage_dir = run_dir / "warm_start"
@@ -596,7 +596,7 @@ def _warm_start(config: AlignConfig, model_path: str, tokenizer, train_dataset, 
         from datasets import concatenate_datasets
 
         from align.data import rows_to_dataset
-        from align.trainers.sage import hint_demonstrations
+        from align.methods.sage.trainer import hint_demonstrations
 
         demos = hint_demonstrations(train_dataset.to_list(), config.algorithm.hint, w.hints_column,
                                     seed=config.trainer.seed)
@@ -624,7 +624,7 @@ def _open_run(config: AlignConfig, cfg: DictConfig, detail: str = ""):
     (credentials redacted) written by rank 0, announced once with `detail` appended, and tracking started."""
     from align.run_dir import claim_run_dir
     from align.tracking import redact, start_tracking
-    from align.trainers.common import distributed_state
+    from align.methods.common import distributed_state
 
     state = distributed_state()
     run_dir, run_name = shared_run_dir(config, state)
@@ -658,7 +658,7 @@ def run(cfg: DictConfig) -> dict:
         except Stopped as stopped:
             return _stopped_summary(cfg, stopped)
         if STOP.signum and "final_model" in summary:  # it came after the last boundary: the run completed anyway
-            from align.trainers.common import distributed_state
+            from align.methods.common import distributed_state
 
             if distributed_state().is_main_process:
                 print(f"[align] received {signal.Signals(STOP.signum).name} while finishing; the run is complete "
@@ -678,7 +678,7 @@ def _run(config: AlignConfig, cfg: DictConfig) -> dict:
     from align.progress import show_progress
     from align.rewards import build_reward_sources, guard, preflight, resolve_reward
     from align.tracking import finish_tracking
-    from align.trainers.common import training_arguments
+    from align.methods.common import training_arguments
 
     resolve_model_path(config.model.path)  # a missing local path fails here, before anything is loaded
     if config.model.lora.r:
@@ -734,9 +734,9 @@ def _run(config: AlignConfig, cfg: DictConfig) -> dict:
     common = training_arguments(config, run_dir, report_to, run_name)
     algo = config.algorithm
     if is_grpo:
-        from align.trainers.fgrpo import build_fgrpo_trainer
-        from align.trainers.grpo import build_grpo_trainer
-        from align.trainers.sage import build_sage_trainer
+        from align.methods.fgrpo.trainer import build_fgrpo_trainer
+        from align.methods.grpo.trainer import build_grpo_trainer
+        from align.methods.sage.trainer import build_sage_trainer
 
         extra = {}
         if isinstance(algo, SAGEAlgorithmConfig):
@@ -749,7 +749,7 @@ def _run(config: AlignConfig, cfg: DictConfig) -> dict:
                         log_completions=config.logger.log_completions,
                         trust_remote_code=config.model.trust_remote_code, peft_config=_peft_config(config), **extra)
     else:
-        from align.trainers.sft import build_sft_trainer
+        from align.methods.sft.trainer import build_sft_trainer
 
         trainer = build_sft_trainer(model, tokenizer, train_dataset, algo.completion_column, algo.max_length,
                                     common_args=common, trl_overrides=algo.trl, peft_config=_peft_config(config))
@@ -800,8 +800,8 @@ def _run_reward_model(config: AlignConfig, cfg: DictConfig) -> dict:
     from align.models import load_tokenizer
     from align.preemption import STOP
     from align.progress import show_progress
-    from align.trainers.common import training_arguments
-    from align.trainers.reward_model import build_reward_model_trainer, load_reward_model
+    from align.methods.common import training_arguments
+    from align.methods.reward_model.trainer import build_reward_model_trainer, load_reward_model
 
     algo = config.algorithm
     train_rows, held_out_rows, info = load_reward_data(algo.data, algo.objective)
@@ -856,7 +856,7 @@ def _train_and_report(trainer, tokenizer, config: AlignConfig, state, run_dir: P
 def _check_references(references) -> None:
     """Each reference resolves and has a chat template: fail before any reference is loaded and scored."""
     from align.models import ModelLoadError, load_tokenizer
-    from align.reference_logps import pinned_revision
+    from align.methods.multiref_dpo.references import pinned_revision
 
     for i, reference in enumerate(references):
         try:
@@ -873,7 +873,7 @@ def _precompute_references(references, splits: dict[str, list[dict]], algo, anno
     one at a time, and scoring every split. A stop signal ends the run once the reference being scored is cached."""
     from align.models import cache_dir
     from align.preemption import STOP
-    from align.reference_logps import reference_logps
+    from align.methods.multiref_dpo.references import reference_logps
 
     directory = Path(algo.cache_dir).expanduser() if algo.cache_dir else cache_dir() / "reference_logps"
     STOP.phase = "reference scoring"
@@ -902,8 +902,8 @@ def _run_multiref_dpo(config: AlignConfig, cfg: DictConfig) -> dict:
     from align.models import load_causal_lm, load_tokenizer
     from align.preemption import STOP
     from align.progress import show_progress
-    from align.trainers.common import training_arguments
-    from align.trainers.multiref_dpo import build_multiref_dpo_trainer, carve_validation, pairs_dataset, tokenize_pairs
+    from align.methods.common import training_arguments
+    from align.methods.multiref_dpo.trainer import build_multiref_dpo_trainer, carve_validation, pairs_dataset, tokenize_pairs
 
     algo = config.algorithm
     references = reference_models(algo)

@@ -172,7 +172,7 @@ def held_out_rows(cfg) -> list[dict]:
     """The run's held-out pairs (truth columns included), minus pairs the run drops for length."""
     from align.data.preferences import load_reward_data
     from align.models import load_tokenizer
-    from align.trainers.multiref_dpo import tokenize_pairs
+    from align.methods.multiref_dpo.trainer import tokenize_pairs
 
     algo = OmegaConf.to_object(cfg).algorithm
     _, rows, _ = load_reward_data(algo.data, "bradley_terry")
@@ -183,7 +183,7 @@ def held_out_rows(cfg) -> list[dict]:
 def preference_accuracies(model_path: str, rows: list[dict], cache: Path) -> dict:
     """A model's length-normalised preference (l(y_w) > l(y_l)) on `rows`, against the pairs' labels and against the
     true rule mu_chosen > mu_rejected (pairs of equal mu have no true order and are skipped)."""
-    from align.reference_logps import reference_logps
+    from align.methods.multiref_dpo.references import reference_logps
 
     scored = reference_logps(ReferenceModelConfig(path=model_path), {"held_out": rows}, normalize=True,
                              batch_size=SCORING_BATCH, cache_dir=cache)["held_out"]
@@ -357,7 +357,7 @@ def cost_splits(cfg) -> tuple[object, dict[str, list[dict]], dict[str, list[dict
     `align.train` forms them."""
     from align.data.preferences import load_reward_data
     from align.models import load_tokenizer
-    from align.trainers.multiref_dpo import carve_validation, tokenize_pairs
+    from align.methods.multiref_dpo.trainer import carve_validation, tokenize_pairs
 
     algo = OmegaConf.to_object(cfg).algorithm
     tokenizer = load_tokenizer(POLICY)
@@ -373,7 +373,7 @@ def time_precompute(config, rows: dict[str, list[dict]], cache: Path) -> tuple[d
     """Each reference scoring every split (one call, as a run does) into `cache`: first on an empty cache (a miss:
     the model is loaded and scores), then again (a hit). Returns (seconds per reference, split -> the references'
     ReferenceLogps)."""
-    from align.reference_logps import reference_logps
+    from align.methods.multiref_dpo.references import reference_logps
 
     algo = config.algorithm
     timings, scored = {}, {name: [] for name in rows}
@@ -398,8 +398,8 @@ def build_trainer(variant: str, setup: CostSetup, output_dir: Path):
     from transformers import set_seed
 
     from align.models import load_causal_lm
-    from align.trainers.common import training_arguments
-    from align.trainers.multiref_dpo import build_multiref_dpo_trainer, pairs_dataset
+    from align.methods.common import training_arguments
+    from align.methods.multiref_dpo.trainer import build_multiref_dpo_trainer, pairs_dataset
 
     config = setup.config
     set_seed(config.trainer.seed)

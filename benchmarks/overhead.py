@@ -9,7 +9,7 @@
 problems (`arithmetic_chat`), batch 32 (4 prompts x 8 completions), up to 64 completion tokens, a LoRA adapter
 (r 16) on both trainers, starting from the recipe's SFT warm start (or `--init`), target ratio 1.02.
 
-`align.trainers.grpo.AlignGRPOTrainer` (per-phase timing, group statistics) and `trl.GRPOTrainer` are built from
+`align.methods.grpo.trainer.AlignGRPOTrainer` (per-phase timing, group statistics) and `trl.GRPOTrainer` are built from
 the same GRPOConfig (the one `align.train.run` builds, from `training_arguments`), the same reward functions
 (`boxed_match` 1.0 + `format_boxed` 0.1; guarded for align, bare for TRL), the same data (synthetic 2-digit
 addition) and a freshly loaded copy of the same model (by default the embedded one after a short SFT warm start,
@@ -125,8 +125,8 @@ def align_config(opts: argparse.Namespace, max_steps: int):
 
 def grpo_config(config, output_dir: str):
     """The GRPOConfig `align.train.run` builds (same builder), with the benchmark's fixed overrides."""
-    from align.trainers.common import training_arguments
-    from align.trainers.grpo import grpo_config as build
+    from align.methods.common import training_arguments
+    from align.methods.grpo.trainer import grpo_config as build
 
     common = training_arguments(config, Path(output_dir), report_to=[], run_name="overhead-bench")
     common.update(bf16=False, fp16=False, report_to=[], save_strategy="no", logging_steps=1, disable_tqdm=True)
@@ -193,7 +193,7 @@ def run_once(kind: str, opts: argparse.Namespace, shared: dict, timed_steps: int
 
     from align.models import load_causal_lm, load_tokenizer
     from align.train import _peft_config
-    from align.trainers.grpo import AlignGRPOTrainer
+    from align.methods.grpo.trainer import AlignGRPOTrainer
 
     max_steps = opts.warmup + timed_steps
     config = align_config(opts, max_steps)

@@ -25,7 +25,7 @@ FAST = ["--n", str(N), "--num-prompts", str(PROMPTS), "--max-new-tokens", "12", 
 def reward_models(tmp_path_factory) -> dict[str, Path]:
     """{'gaussian': ..., 'scalar': ...}: tiny reward-model checkpoints as `algorithm=reward_model` saves them."""
     from align.models import TINY, load_tokenizer
-    from align.trainers.reward_model import load_reward_model
+    from align.methods.reward_model.trainer import load_reward_model
 
     root = tmp_path_factory.mktemp("reward-models")
     paths = {}

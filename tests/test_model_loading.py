@@ -3,7 +3,7 @@
 import pytest
 
 from align.models import ModelLoadError, ensure_tiny, load_causal_lm
-from align.trainers.reward_model import load_reward_model
+from align.methods.reward_model.trainer import load_reward_model
 
 
 @pytest.mark.parametrize("load", [

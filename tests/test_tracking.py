@@ -157,7 +157,7 @@ def test_trl_arguments_log_and_pickle_without_credentials_and_copy_with_them(tmp
     """What transformers' W&B / TensorBoard callbacks log (to_dict, to_json_string, to_sanitized_dict) and every
     pickle (training_args.bin in each checkpoint and W&B's model artifact); the trainer itself keeps the real values,
     and so do copies: transformers' W&B callback deep-copies the arguments for a trainer it runs (WANDB_LOG_MODEL)."""
-    from align.trainers.grpo import AlignGRPOConfig
+    from align.methods.grpo.trainer import AlignGRPOConfig
 
     args = AlignGRPOConfig(output_dir=str(tmp_path), hub_token="hub-secret", report_to=[], use_cpu=True, bf16=False,
                            model_init_kwargs={"token": "nested-secret", "revision": "main"})

@@ -33,7 +33,7 @@ class RewardModelScorer:
         from transformers import AutoModelForSequenceClassification
 
         from align.models import bf16_available, load_tokenizer, resolve_dtype
-        from align.trainers.reward_model import is_gaussian
+        from align.methods.reward_model.trainer import is_gaussian
 
         directory = Path(path).expanduser()
         if not (directory / "config.json").is_file():
@@ -58,7 +58,7 @@ class RewardModelScorer:
     def score(self, prompts: list, completions: list, batch_size: int = 16) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(mu, sigma or None), each (N,) float32 on CPU, for N (prompt, completion) pairs. A prompt is chat messages
         or a string (taken as the user turn); a completion is a string or messages (its last message counts)."""
-        from align.trainers.reward_model import pad_right, reward_input_ids, variance_from_raw
+        from align.methods.reward_model.trainer import pad_right, reward_input_ids, variance_from_raw
 
         sequences = [reward_input_ids(self.tokenizer, p if isinstance(p, list) else [{"role": "user", "content": p}],
                                       completion_text(c)) for p, c in zip(prompts, completions, strict=True)]
@@ -109,7 +109,7 @@ _GENERATORS: dict[tuple[str, int], torch.Generator] = {}
 
 
 def _quantiles(quantile: float | str, n: int, path: str, seed: int) -> torch.Tensor | float:
-    from align.trainers.reward_model import random_quantiles
+    from align.methods.reward_model.trainer import random_quantiles
 
     if quantile == "random":
         key = (path, seed)
@@ -128,7 +128,7 @@ def reward_model(prompts, completions, path: str, quantile: float | str = "mean"
     """Reward of each completion under the reward model at `path`: its scalar output, or for a Gaussian model mu
     (`quantile: mean`, the default), the q-quantile mu + Phi^-1(q) sigma (`quantile: q`), or a quantile drawn
     per completion from U(0.05, 0.95) (`quantile: random`, seeded by `seed` and the process index)."""
-    from align.trainers.reward_model import quantile_reward
+    from align.methods.reward_model.trainer import quantile_reward
 
     scorer = load_scorer(str(Path(path).expanduser()), dtype, trust_remote_code)
     mu, sigma = scorer.score(prompts, completions, batch_size)

@@ -17,8 +17,8 @@ from align.data import load_splits
 from align.models import load_causal_lm, load_tokenizer
 from align.rewards import build_reward_sources
 from align.train import shutdown_distributed
-from align.trainers.common import training_arguments
-from align.trainers.grpo import AlignGRPOTrainer
+from align.methods.common import training_arguments
+from align.methods.grpo.trainer import AlignGRPOTrainer
 
 GROUP = 4
 

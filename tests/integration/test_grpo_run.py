@@ -70,7 +70,7 @@ def test_reused_generation_batches_still_report_throughput(tiny_run):
 def test_algorithm_settings_reach_trl():
     from omegaconf import OmegaConf
 
-    from align.trainers.grpo import grpo_config
+    from align.methods.grpo.trainer import grpo_config
 
     config = OmegaConf.to_object(compose(["algorithm=gspo", "algorithm.beta=0.02", "+algorithm.trl.top_k=5"]))
     args = grpo_config(config.algorithm, {"output_dir": "/tmp/unused", "bf16": False}, [1.0])

@@ -169,7 +169,7 @@ def test_prompt_order_of_a_later_epoch_does_not_depend_on_the_epochs_before():
     """A resumed run builds a fresh sampler: epoch e's order must come from (seed, e) alone, and epoch 0 keeps TRL's."""
     from trl.trainer.utils import RepeatSampler
 
-    from align.trainers.grpo import EpochSeededRepeatSampler
+    from align.methods.grpo.trainer import EpochSeededRepeatSampler
 
     def order(sampler, epoch):
         sampler.set_epoch(epoch)

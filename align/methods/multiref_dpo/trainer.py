@@ -340,7 +340,7 @@ class MultiRefDPOTrainer(CompleteCheckpoints, DPOTrainer):
     """TRL's DPOTrainer trained against K precomputed references with MRPO or MDPO and a weighting strategy.
 
     align owns the data path: `train_dataset` rows hold the policy's `prompt_ids` / `chosen_ids` / `rejected_ids`
-    (from `align.reference_logps.pair_token_ids`) and `ref_chosen_logps` / `ref_rejected_logps`, lists of K
+    (from `align.methods.multiref_dpo.references.pair_token_ids`) and `ref_chosen_logps` / `ref_rejected_logps`, lists of K
     floats from the reference cache, so TRL's own tokenization and single-reference precompute are skipped
     (`args.precompute_ref_log_probs` must be True: TRL then keeps no reference model in memory).
     `validation` (same columns) is what tsw measures the policy on; evaluation reports the policy's preference
@@ -547,7 +547,7 @@ def tokenize_pairs(tokenizer, rows: list[dict], max_length: int) -> tuple[list[d
     """(kept rows, their policy token ids, number dropped): pairs whose prompt + longer response exceed
     `max_length` policy tokens are dropped rather than truncated, so the policy and the references (each with its
     own tokenizer) score the same complete responses."""
-    from align.reference_logps import pair_length, pair_token_ids
+    from align.methods.multiref_dpo.references import pair_length, pair_token_ids
 
     kept_rows, kept_ids = [], []
     for row in rows:

@@ -67,7 +67,7 @@ def pair_token_ids(tokenizer, prompt: list[dict], chosen: str, rejected: str) ->
     assistant turn, end-of-turn tokens included). Where a template renders the prompt differently once a response
     follows, the response starts where the two renderings diverge. The policy and every reference go through
     this, each with its own tokenizer."""
-    from align.trainers.reward_model import FIXED_DATE
+    from align.methods.reward_model.trainer import FIXED_DATE
 
     def render(messages: list[dict], **kwargs) -> list[int]:
         return tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, date_string=FIXED_DATE,
@@ -151,7 +151,7 @@ def score_sequences(model, sequences: list[tuple[list[int], list[int]]], *, batc
     `normalize`). Batches are formed over length-sorted sequences to keep padding small. `model` must carry TRL's
     fused LM head (`trl.trainer.utils.add_fused_lm_head`), so no (batch, length, vocab) logits are built.
     `progress`: the name of a progress bar over the batches (`align.console.phase_progress`), None for none."""
-    from align.trainers.multiref_dpo import sequence_logps
+    from align.methods.multiref_dpo.trainer import sequence_logps
 
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i][0]) + len(sequences[i][1]))
     out = torch.empty(len(sequences), dtype=torch.float64)

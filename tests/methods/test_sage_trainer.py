@@ -15,7 +15,7 @@ from transformers import TrainerCallback
 
 from align.config import RewardSourceConfig, SAGEAlgorithmConfig
 from align.data import rows_to_dataset
-from align.trainers.sage import STATE_FILE, build_sage_trainer, prompt_key
+from align.methods.sage.trainer import STATE_FILE, build_sage_trainer, prompt_key
 from tests.conftest import SAGE_TEMPLATES, compose, sage_rows
 
 
@@ -23,7 +23,7 @@ def make_trainer(model_path: str, out, *, schedule="sage", reward="tests.trainer
                  rows=None, max_steps=2, save_steps=0, peft_config=None, **algo_overrides):
     from align.models import load_causal_lm, load_tokenizer
     from align.rewards import build_reward_sources
-    from align.trainers.common import training_arguments
+    from align.methods.common import training_arguments
 
     cfg = compose(["algorithm=sage", "trainer=cpu", f"trainer.output_dir={out}", f"trainer.max_steps={max_steps}",
                    "trainer.per_device_train_batch_size=8", f"trainer.save_steps={save_steps}", "trainer.seed=0",

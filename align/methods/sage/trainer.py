@@ -57,7 +57,7 @@ from trl.data_utils import is_conversational
 from align.config import HintConfig, SAGEAlgorithmConfig
 from align.rewards.verifiers import extract_boxed
 from align.rollout import GroupStats, combine_rewards, group_stats, prompt_key
-from align.trainers.grpo import AlignGRPOTrainer, build_grpo_trainer
+from align.methods.grpo.trainer import AlignGRPOTrainer, build_grpo_trainer
 
 logger = logging.get_logger(__name__)
 

@@ -15,7 +15,7 @@ from align.data.preferences import synthetic_feedback, synthetic_preferences
 from align.models import TINY, load_tokenizer
 from align.rewards import RewardError, guard
 from align.rewards.reward_model import RewardModelScorer, reward_model
-from align.trainers.reward_model import (
+from align.methods.reward_model.trainer import (
     AlignRewardTrainer,
     attach_anchors,
     build_reward_model_trainer,
@@ -54,7 +54,7 @@ def algorithm(overrides: list[str]):
 
 
 def common_args(tmp_path, steps: int = 3) -> dict:
-    from align.trainers.common import training_arguments
+    from align.methods.common import training_arguments
 
     cfg = compose(["algorithm=reward_model", f"trainer.output_dir={tmp_path}", f"trainer.max_steps={steps}",
                    "trainer.per_device_train_batch_size=8", "trainer.learning_rate=1e-3"])
@@ -156,7 +156,7 @@ def test_bradley_terry_loss_is_trls_reward_loss(tokenizer, tmp_path):
 
 
 def test_bradley_terry_loss_subtracts_the_pairs_margins(tokenizer, tmp_path):
-    from align.trainers.reward_model import bradley_terry_loss
+    from align.methods.reward_model.trainer import bradley_terry_loss
 
     algo = algorithm(["algorithm.objective=bradley_terry"])
     rows = [dict(row, margin=float(i % 3)) for i, row in enumerate(pairs(16))]

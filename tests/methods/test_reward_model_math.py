@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from align.trainers.reward_model import (
+from align.methods.reward_model.trainer import (
     anchor_loss,
     anchor_mask,
     anchor_nll,

@@ -9,7 +9,7 @@ import torch
 from align.checkpoints import write_json_atomic
 from align.config import HintConfig
 from align.rollout import SolvedPrompts, combine_rewards, group_stats
-from align.trainers.sage import (
+from align.methods.sage.trainer import (
     HintState,
     collapsed,
     escalate,

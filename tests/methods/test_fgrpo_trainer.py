@@ -13,9 +13,9 @@ from omegaconf import OmegaConf
 from align.data import rows_to_dataset
 from align.data.synthetic import arithmetic
 from align.models import ensure_tiny, load_causal_lm, load_tokenizer
-from align.trainers.common import training_arguments
-from align.trainers.fgrpo import build_fgrpo_trainer, group_token_weights
-from align.trainers.grpo import build_grpo_trainer
+from align.methods.common import training_arguments
+from align.methods.fgrpo.trainer import build_fgrpo_trainer, group_token_weights
+from align.methods.grpo.trainer import build_grpo_trainer
 from tests.conftest import compose
 
 
@@ -217,7 +217,7 @@ def sequence_logp(model, prompt: list[int], response: list[int]) -> torch.Tensor
 
 
 def test_pair_log_ratios_match_unpadded_forwards_and_lambda_zero_is_the_pairs_loss(tmp_path):
-    from align.trainers.fgrpo import fpa_loss, tokenize_pairs
+    from align.methods.fgrpo.trainer import fpa_loss, tokenize_pairs
 
     hal = fhal_trainer(tmp_path / "h", lam=0.0)
     hal.pairs, _ = tokenize_pairs(PAIRS_2, hal.processing_class, 512)
@@ -238,7 +238,7 @@ def test_pair_log_ratios_match_unpadded_forwards_and_lambda_zero_is_the_pairs_lo
 
 
 def test_pairs_are_truncated_without_a_false_eos_and_useless_pairs_dropped():
-    from align.trainers.fgrpo import tokenize_pairs
+    from align.methods.fgrpo.trainer import tokenize_pairs
 
     tokenizer = load_tokenizer(str(ensure_tiny()))
     eos = tokenizer.eos_token_id

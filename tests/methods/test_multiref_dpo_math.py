@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from align.trainers.multiref_dpo import (
+from align.methods.multiref_dpo.trainer import (
     ThompsonSampling,
     accuracy_weights,
     arwc_weights,
@@ -232,7 +232,7 @@ def test_thompson_needs_an_arm_and_an_outcome():
 
 
 def test_implicit_reward_margins_per_loss():
-    from align.trainers.multiref_dpo import implicit_reward_margins
+    from align.methods.multiref_dpo.trainer import implicit_reward_margins
 
     chosen, rejected = t([POLICY_CHOSEN]), t([POLICY_REJECTED])
     ref_chosen, ref_rejected = t([P_CHOSEN]).log(), t([P_REJECTED]).log()
