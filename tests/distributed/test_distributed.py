@@ -84,7 +84,7 @@ def test_sage_zero3_each_rank_hints_its_own_groups(hint_writer, tmp_path):
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in sage_rows(32, seed=3)))
     run_dir = tmp_path / "run"
-    reward = "reward.sources=[{name: 'tests.trainers.sage_rewards:only_rank_one'}]"
+    reward = "reward.sources=[{name: 'tests.methods.sage_rewards:only_rank_one'}]"
     launch("cpu_zero3.yaml", ["-m", "align.train", "algorithm=sage", f"model.path={hint_writer}",
                               f"data.source={data}", reward, f"trainer.output_dir={run_dir}", "trainer.max_steps=2",
                               "trainer.per_device_train_batch_size=8", "algorithm.num_generations=4",

@@ -19,7 +19,7 @@ from align.methods.sage.trainer import STATE_FILE, build_sage_trainer, prompt_ke
 from tests.conftest import SAGE_TEMPLATES, compose, sage_rows
 
 
-def make_trainer(model_path: str, out, *, schedule="sage", reward="tests.trainers.sage_rewards:never",
+def make_trainer(model_path: str, out, *, schedule="sage", reward="tests.methods.sage_rewards:never",
                  rows=None, max_steps=2, save_steps=0, peft_config=None, **algo_overrides):
     from align.models import load_causal_lm, load_tokenizer
     from align.rewards import build_reward_sources
@@ -87,7 +87,7 @@ def test_sage_escalates_collapsed_groups_to_level_3_and_the_loss_sees_hinted_pro
 def test_group_diagnostics_count_successes_at_sages_threshold(hint_writer, tmp_path):
     """Reward 0.5 everywhere with success_threshold 0.7: no completion succeeds, so every group collapses, and the
     solved / never-solved diagnostics agree with SAGE's collapse test rather than with 'reward > 0'."""
-    trainer = make_trainer(hint_writer, tmp_path / "run", reward="tests.trainers.sage_rewards:half", max_steps=1,
+    trainer = make_trainer(hint_writer, tmp_path / "run", reward="tests.methods.sage_rewards:half", max_steps=1,
                            success_threshold=0.7)
     trainer.train()
     assert logged(trainer, "sage/collapsed_frac_before") == [1.0]
@@ -98,10 +98,10 @@ def test_group_diagnostics_count_successes_at_sages_threshold(hint_writer, tmp_p
 def test_escalation_stops_per_group_and_rows_stay_with_their_group(hint_writer, tmp_path):
     """One group succeeds at its level-1 re-roll, the other never: the loss batch holds the first group at level 1 and
     the second at level 3, and each row's reward is its own group's."""
-    import tests.trainers.sage_rewards as module
+    import tests.methods.sage_rewards as module
 
     module.second_look = module.SecondLook()
-    trainer = make_trainer(hint_writer, tmp_path / "run", reward="tests.trainers.sage_rewards:second_look",
+    trainer = make_trainer(hint_writer, tmp_path / "run", reward="tests.methods.sage_rewards:second_look",
                            max_steps=1)
     batches = []
     compute_loss = trainer.compute_loss
@@ -127,7 +127,7 @@ def test_escalation_stops_per_group_and_rows_stay_with_their_group(hint_writer, 
 
 def test_rewards_are_scored_on_the_unhinted_prompt(hint_writer, tmp_path):
     """The reward sees the dataset's prompt, never the hinted one, and is called once per completion kept."""
-    import tests.trainers.sage_rewards as module
+    import tests.methods.sage_rewards as module
 
     calls = []
 
@@ -137,7 +137,7 @@ def test_rewards_are_scored_on_the_unhinted_prompt(hint_writer, tmp_path):
 
     module.recording = recording
     try:
-        trainer = make_trainer(hint_writer, tmp_path / "run", reward="tests.trainers.sage_rewards:recording",
+        trainer = make_trainer(hint_writer, tmp_path / "run", reward="tests.methods.sage_rewards:recording",
                                max_steps=1)
         trainer.train()
     finally:
@@ -193,7 +193,7 @@ def test_sage_light_raises_levels_per_epoch_and_resumes_its_level_map(hint_write
 def test_sage_light_bidirectional_rule_lowers_levels_of_solved_prompts(hint_writer, tmp_path):
     rows = sage_rows(4, seed=2)
     trainer = make_trainer(hint_writer, tmp_path / "run", schedule="sage_light", rows=rows, max_steps=2,
-                           reward="tests.trainers.sage_rewards:always", light_rule="bidirectional")
+                           reward="tests.methods.sage_rewards:always", light_rule="bidirectional")
     for row in rows:
         trainer.hint_state.levels[prompt_key(row["prompt"])] = 2
     trainer.train()
