@@ -1,9 +1,12 @@
-"""Agreement across the processes of a launch."""
+"""The processes of a launch: this one's device, and agreement across them."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import TypeVar
+
+import torch
 
 T = TypeVar("T")
 
@@ -18,3 +21,12 @@ def decided_by_main(is_main_process: bool, num_processes: int, decide: Callable[
     box = [decide() if is_main_process else None]
     broadcast_object_list(box, from_process=0)
     return box[0]
+
+
+def local_device() -> torch.device:
+    """This process's device, read from the launcher's environment. Reward sources and reference models are loaded
+    before align sets up accelerate's process state with the right backend (the preflight comes first); creating
+    that state here, with defaults, would make every rank believe it runs alone."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")

@@ -477,3 +477,19 @@ def attention_reported(attn_implementation: str | None, path: str):
         raise ModelLoadError(f"model.attn_implementation '{attn_implementation}' cannot load '{path}': "
                              f"{str(err).splitlines()[0]} Use sdpa or eager, or install the kernel's package.") \
             from None
+
+
+@contextlib.contextmanager
+def outside_zero3_init():
+    """Load a full, unpartitioned copy even once a ZeRO-3 TrainingArguments exists (align loads reward sources in the
+    preflight, before that; code of one's own may not): transformers would otherwise build the model under
+    deepspeed.zero.Init, whose partitioned parameters a plain forward outside the engine cannot use. transformers
+    keeps the active DeepSpeed config behind a module-level weak reference; it is hidden for the load only."""
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    saved = getattr(hf_deepspeed, "_hf_deepspeed_config_weak_ref", None)
+    hf_deepspeed._hf_deepspeed_config_weak_ref = None
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = saved

@@ -474,9 +474,9 @@ def _kept(run_dir: Path) -> str:
 def _stopped_summary(cfg: DictConfig, stopped) -> dict:
     """End a run that a stop signal stopped: trackers flushed, one line from rank 0, the job requeued where SIGUSR1
     asked for it under Slurm; the summary carries the exit status every rank ends with."""
+    from align.methods.common import distributed_state
     from align.preemption import after_stop
     from align.tracking import finish_tracking
-    from align.methods.common import distributed_state
 
     if os.environ.get("SLURM_JOB_ID"):
         # A requeue (or the preemption itself) sends SIGTERM to every task, SIGKILL after KillWait: it must not
@@ -569,11 +569,11 @@ def _warm_start(config: AlignConfig, model_path: str, tokenizer, train_dataset, 
     `warm_start/` and raises `Stopped`; with resume=auto the next attempt continues from that checkpoint, or reuses
     `warm_start/final` when the warm start had finished."""
     from align.checkpoints import checkpoints
+    from align.methods.common import training_arguments
+    from align.methods.sft.trainer import build_sft_trainer, to_prompt_completion
     from align.models import load_causal_lm
     from align.preemption import STOP
     from align.progress import show_progress
-    from align.methods.common import training_arguments
-    from align.methods.sft.trainer import build_sft_trainer, to_prompt_completion
 
     w = config.warm_start
     stage_dir = run_dir / "warm_start"
@@ -622,9 +622,9 @@ def _warm_start(config: AlignConfig, model_path: str, tokenizer, train_dataset, 
 def _open_run(config: AlignConfig, cfg: DictConfig, detail: str = ""):
     """(process state, run directory, run name, trackers): the shared run directory with the resolved config
     (credentials redacted) written by rank 0, announced once with `detail` appended, and tracking started."""
+    from align.methods.common import distributed_state
     from align.run_dir import claim_run_dir
     from align.tracking import redact, start_tracking
-    from align.methods.common import distributed_state
 
     state = distributed_state()
     run_dir, run_name = shared_run_dir(config, state)
@@ -672,13 +672,13 @@ def _run(config: AlignConfig, cfg: DictConfig) -> dict:
 
     from align.data import load_splits
     from align.evaluation import HeldOutAccuracy
+    from align.methods.common import training_arguments
     from align.models import check_lora_targets, load_causal_lm, load_tokenizer, resolve_model_path
     from align.plotting import plot_training_curves
     from align.preemption import STOP
     from align.progress import show_progress
     from align.rewards import build_reward_sources, guard, preflight, resolve_reward
     from align.tracking import finish_tracking
-    from align.methods.common import training_arguments
 
     resolve_model_path(config.model.path)  # a missing local path fails here, before anything is loaded
     if config.model.lora.r:
@@ -797,11 +797,11 @@ def _run_reward_model(config: AlignConfig, cfg: DictConfig) -> dict:
     The final model is a sequence-classification checkpoint (safetensors) whose config.json records the objective,
     the head and what scoring needs (anchor thresholds, noise rates); `reward=reward_model` scores with it."""
     from align.data.preferences import load_reward_data
+    from align.methods.common import training_arguments
+    from align.methods.reward_model.trainer import build_reward_model_trainer, load_reward_model
     from align.models import load_tokenizer
     from align.preemption import STOP
     from align.progress import show_progress
-    from align.methods.common import training_arguments
-    from align.methods.reward_model.trainer import build_reward_model_trainer, load_reward_model
 
     algo = config.algorithm
     train_rows, held_out_rows, info = load_reward_data(algo.data, algo.objective)
@@ -855,8 +855,8 @@ def _train_and_report(trainer, tokenizer, config: AlignConfig, state, run_dir: P
 
 def _check_references(references) -> None:
     """Each reference resolves and has a chat template: fail before any reference is loaded and scored."""
-    from align.models import ModelLoadError, load_tokenizer
     from align.methods.multiref_dpo.references import pinned_revision
+    from align.models import ModelLoadError, load_tokenizer
 
     for i, reference in enumerate(references):
         try:
@@ -871,9 +871,9 @@ def _check_references(references) -> None:
 def _precompute_references(references, splits: dict[str, list[dict]], algo, announce: bool) -> dict[str, list]:
     """Split name -> one ReferenceLogps per reference: each reference loaded at most once (none on a cache hit),
     one at a time, and scoring every split. A stop signal ends the run once the reference being scored is cached."""
+    from align.methods.multiref_dpo.references import reference_logps
     from align.models import cache_dir
     from align.preemption import STOP
-    from align.methods.multiref_dpo.references import reference_logps
 
     directory = Path(algo.cache_dir).expanduser() if algo.cache_dir else cache_dir() / "reference_logps"
     STOP.phase = "reference scoring"
@@ -899,11 +899,16 @@ def _run_multiref_dpo(config: AlignConfig, cfg: DictConfig) -> dict:
     from align.config import MULTIREF_NEEDS_VALIDATION, reference_models
     from align.data import DataError
     from align.data.preferences import load_reward_data
+    from align.methods.common import training_arguments
+    from align.methods.multiref_dpo.trainer import (
+        build_multiref_dpo_trainer,
+        carve_validation,
+        pairs_dataset,
+        tokenize_pairs,
+    )
     from align.models import load_causal_lm, load_tokenizer
     from align.preemption import STOP
     from align.progress import show_progress
-    from align.methods.common import training_arguments
-    from align.methods.multiref_dpo.trainer import build_multiref_dpo_trainer, carve_validation, pairs_dataset, tokenize_pairs
 
     algo = config.algorithm
     references = reference_models(algo)

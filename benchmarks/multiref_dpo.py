@@ -171,8 +171,8 @@ def build_references() -> dict[str, float]:
 def held_out_rows(cfg) -> list[dict]:
     """The run's held-out pairs (truth columns included), minus pairs the run drops for length."""
     from align.data.preferences import load_reward_data
-    from align.models import load_tokenizer
     from align.methods.multiref_dpo.trainer import tokenize_pairs
+    from align.models import load_tokenizer
 
     algo = OmegaConf.to_object(cfg).algorithm
     _, rows, _ = load_reward_data(algo.data, "bradley_terry")
@@ -356,8 +356,8 @@ def cost_splits(cfg) -> tuple[object, dict[str, list[dict]], dict[str, list[dict
     """(policy tokenizer, split -> policy token ids, split -> rows): the training and validation pairs exactly as
     `align.train` forms them."""
     from align.data.preferences import load_reward_data
-    from align.models import load_tokenizer
     from align.methods.multiref_dpo.trainer import carve_validation, tokenize_pairs
+    from align.models import load_tokenizer
 
     algo = OmegaConf.to_object(cfg).algorithm
     tokenizer = load_tokenizer(POLICY)
@@ -397,9 +397,9 @@ def build_trainer(variant: str, setup: CostSetup, output_dir: Path):
     reference), done here, outside the timed part."""
     from transformers import set_seed
 
-    from align.models import load_causal_lm
     from align.methods.common import training_arguments
     from align.methods.multiref_dpo.trainer import build_multiref_dpo_trainer, pairs_dataset
+    from align.models import load_causal_lm
 
     config = setup.config
     set_seed(config.trainer.seed)

@@ -191,9 +191,9 @@ def run_once(kind: str, opts: argparse.Namespace, shared: dict, timed_steps: int
     from transformers import set_seed
     from trl import GRPOTrainer
 
+    from align.methods.grpo.trainer import AlignGRPOTrainer
     from align.models import load_causal_lm, load_tokenizer
     from align.train import _peft_config
-    from align.methods.grpo.trainer import AlignGRPOTrainer
 
     max_steps = opts.warmup + timed_steps
     config = align_config(opts, max_steps)

@@ -2,8 +2,8 @@
 
 import pytest
 
-from align.models import ModelLoadError, ensure_tiny, load_causal_lm
 from align.methods.reward_model.trainer import load_reward_model
+from align.models import ModelLoadError, ensure_tiny, load_causal_lm
 
 
 @pytest.mark.parametrize("load", [

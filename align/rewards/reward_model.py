@@ -14,13 +14,13 @@ for `quantile: random`; it logs the batch means of mu and sigma through TRL's `l
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 from pathlib import Path
 
 import torch
 
+from align.distributed import local_device
 from align.rewards.verifiers import completion_text
 
 __all__ = ["RewardModelScorer", "load_scorer", "reward_model"]
@@ -32,8 +32,8 @@ class RewardModelScorer:
     def __init__(self, path: str, *, dtype: str = "auto", trust_remote_code: bool = False):
         from transformers import AutoModelForSequenceClassification
 
-        from align.models import bf16_available, load_tokenizer, resolve_dtype
         from align.methods.reward_model.trainer import is_gaussian
+        from align.models import bf16_available, load_tokenizer, outside_zero3_init, resolve_dtype
 
         directory = Path(path).expanduser()
         if not (directory / "config.json").is_file():
@@ -43,7 +43,7 @@ class RewardModelScorer:
         self.tokenizer = load_tokenizer(self.path, trust_remote_code=trust_remote_code)
         torch_dtype = (torch.bfloat16 if bf16_available() else torch.float32) if dtype == "auto" else \
             resolve_dtype(dtype)
-        with _outside_zero3_init():
+        with outside_zero3_init():
             self.model = AutoModelForSequenceClassification.from_pretrained(
                 self.path, dtype=torch_dtype, use_safetensors=True, trust_remote_code=trust_remote_code)
         self.gaussian = is_gaussian(self.model.config)
@@ -51,14 +51,15 @@ class RewardModelScorer:
         if outputs != (2 if self.gaussian else 1):
             raise ValueError(f"'{path}' has a {outputs}-output head; a reward model has one output (a scalar reward) "
                              f"or is align's Gaussian model (two).")
-        self.device = _local_device()
+        self.device = local_device()
         self.model.to(self.device).eval().requires_grad_(False)
 
     @torch.no_grad()
     def score(self, prompts: list, completions: list, batch_size: int = 16) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(mu, sigma or None), each (N,) float32 on CPU, for N (prompt, completion) pairs. A prompt is chat messages
         or a string (taken as the user turn); a completion is a string or messages (its last message counts)."""
-        from align.methods.reward_model.trainer import pad_right, reward_input_ids, variance_from_raw
+        from align.methods.reward_model.trainer import variance_from_raw
+        from align.tokens import pad_right, reward_input_ids
 
         sequences = [reward_input_ids(self.tokenizer, p if isinstance(p, list) else [{"role": "user", "content": p}],
                                       completion_text(c)) for p, c in zip(prompts, completions, strict=True)]
@@ -72,31 +73,6 @@ class RewardModelScorer:
         if not self.gaussian:
             return heads[:, 0], None
         return heads[:, 0], variance_from_raw(heads[:, 1]).sqrt()
-
-
-@contextlib.contextmanager
-def _outside_zero3_init():
-    """Load a full, unpartitioned copy even once a ZeRO-3 TrainingArguments exists (align loads reward sources in the
-    preflight, before that; code of one's own may not): transformers would otherwise build the model under
-    deepspeed.zero.Init, whose partitioned parameters a plain forward outside the engine cannot use. transformers
-    keeps the active DeepSpeed config behind a module-level weak reference; it is hidden for the load only."""
-    from transformers.integrations import deepspeed as hf_deepspeed
-
-    saved = getattr(hf_deepspeed, "_hf_deepspeed_config_weak_ref", None)
-    hf_deepspeed._hf_deepspeed_config_weak_ref = None
-    try:
-        yield
-    finally:
-        hf_deepspeed._hf_deepspeed_config_weak_ref = saved
-
-
-def _local_device() -> torch.device:
-    """This process's device, read from the launcher's environment. Reward sources are first built during the
-    preflight, before align sets up accelerate's process state with the right backend; creating that state here,
-    with defaults, would make every rank believe it runs alone."""
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu")
 
 
 @functools.lru_cache(maxsize=4)

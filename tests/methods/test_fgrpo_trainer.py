@@ -12,10 +12,10 @@ from omegaconf import OmegaConf
 
 from align.data import rows_to_dataset
 from align.data.synthetic import arithmetic
-from align.models import ensure_tiny, load_causal_lm, load_tokenizer
 from align.methods.common import training_arguments
 from align.methods.fgrpo.trainer import build_fgrpo_trainer, group_token_weights
 from align.methods.grpo.trainer import build_grpo_trainer
+from align.models import ensure_tiny, load_causal_lm, load_tokenizer
 from tests.conftest import compose
 
 

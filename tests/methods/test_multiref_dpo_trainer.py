@@ -14,9 +14,9 @@ import torch
 
 from align.config import MultiRefDPOAlgorithmConfig, ReferenceModelConfig
 from align.data.preferences import synthetic_preferences
-from align.models import TINY, load_causal_lm, load_tokenizer, resolve_model_path
 from align.methods.multiref_dpo.references import ReferenceLogps, pair_token_ids, reference_logps
 from align.methods.multiref_dpo.trainer import build_multiref_dpo_trainer, pairs_dataset, tokenize_pairs
+from align.models import TINY, load_causal_lm, load_tokenizer, resolve_model_path
 
 BETA = 0.5
 

@@ -12,9 +12,6 @@ import torch
 from align.config import ConfigError, validate
 from align.data.loading import to_messages
 from align.data.preferences import synthetic_feedback, synthetic_preferences
-from align.models import TINY, load_tokenizer
-from align.rewards import RewardError, guard
-from align.rewards.reward_model import RewardModelScorer, reward_model
 from align.methods.reward_model.trainer import (
     AlignRewardTrainer,
     attach_anchors,
@@ -24,11 +21,14 @@ from align.methods.reward_model.trainer import (
     imputed_clean_probability,
     load_reward_model,
     logistic_logits,
-    reward_input_ids,
     roc_auc,
     soft_bce,
     tokenize_rows,
 )
+from align.models import TINY, load_tokenizer
+from align.rewards import RewardError, guard
+from align.rewards.reward_model import RewardModelScorer, reward_model
+from align.tokens import reward_input_ids
 from tests.conftest import compose
 
 

@@ -8,7 +8,6 @@ import torch
 
 from align.checkpoints import write_json_atomic
 from align.config import HintConfig
-from align.rollout import SolvedPrompts, combine_rewards, group_stats
 from align.methods.sage.trainer import (
     HintState,
     collapsed,
@@ -23,6 +22,7 @@ from align.methods.sage.trainer import (
     question_text,
     with_hint,
 )
+from align.rollout import SolvedPrompts, combine_rewards, group_stats
 
 GOOD = {"level_1": "Think about carries.", "level_2": "Ones: 7+8=15.", "level_3": "Carry 1 into the tens."}
 LEVELS = ["Think about carries.", "Ones: 7+8=15.", "Carry 1 into the tens."]

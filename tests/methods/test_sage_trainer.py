@@ -21,9 +21,9 @@ from tests.conftest import SAGE_TEMPLATES, compose, sage_rows
 
 def make_trainer(model_path: str, out, *, schedule="sage", reward="tests.methods.sage_rewards:never",
                  rows=None, max_steps=2, save_steps=0, peft_config=None, **algo_overrides):
+    from align.methods.common import training_arguments
     from align.models import load_causal_lm, load_tokenizer
     from align.rewards import build_reward_sources
-    from align.methods.common import training_arguments
 
     cfg = compose(["algorithm=sage", "trainer=cpu", f"trainer.output_dir={out}", f"trainer.max_steps={max_steps}",
                    "trainer.per_device_train_batch_size=8", f"trainer.save_steps={save_steps}", "trainer.seed=0",

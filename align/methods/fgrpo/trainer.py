@@ -72,8 +72,8 @@ from trl.trainer.utils import pad, use_adapter
 
 from align.config import FGRPOAlgorithmConfig, FHALAlgorithmConfig
 from align.data.pairs import load_pairs
-from align.numerics import upcast
 from align.methods.grpo.trainer import AlignGRPOTrainer, build_grpo_trainer
+from align.numerics import upcast
 
 logger = logging.get_logger(__name__)
 

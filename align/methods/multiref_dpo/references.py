@@ -30,6 +30,8 @@ from pathlib import Path
 import torch
 
 from align.console import phase_progress
+from align.distributed import local_device
+from align.tokens import chat_ids
 
 log = logging.getLogger("align")
 
@@ -67,14 +69,8 @@ def pair_token_ids(tokenizer, prompt: list[dict], chosen: str, rejected: str) ->
     assistant turn, end-of-turn tokens included). Where a template renders the prompt differently once a response
     follows, the response starts where the two renderings diverge. The policy and every reference go through
     this, each with its own tokenizer."""
-    from align.methods.reward_model.trainer import FIXED_DATE
-
-    def render(messages: list[dict], **kwargs) -> list[int]:
-        return tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, date_string=FIXED_DATE,
-                                             **kwargs)["input_ids"]
-
-    prompt_ids = render(prompt, add_generation_prompt=True)
-    full = {name: render([*prompt, {"role": "assistant", "content": text}])
+    prompt_ids = chat_ids(tokenizer, prompt, add_generation_prompt=True)
+    full = {name: chat_ids(tokenizer, [*prompt, {"role": "assistant", "content": text}])
             for name, text in (("chosen", chosen), ("rejected", rejected))}
     start = min(_common_prefix_length(prompt_ids, ids) for ids in full.values())
     return {"prompt_ids": prompt_ids[:start], "chosen_ids": full["chosen"][start:],
@@ -196,12 +192,6 @@ def _gathered(value) -> list:
     return gathered
 
 
-def _local_device() -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu")
-
-
 def _write_atomic(path: Path, chosen: torch.Tensor, rejected: torch.Tensor, metadata: dict[str, str]) -> None:
     from safetensors.torch import save_file
 
@@ -270,12 +260,11 @@ def _score_splits(reference, revision: str | None, dtype: str, tokenizer, pairs:
     process's shares: split name -> (N,) chosen and rejected log-probs."""
     from trl.trainer.utils import add_fused_lm_head
 
-    from align.models import load_causal_lm
-    from align.rewards.reward_model import _outside_zero3_init
+    from align.models import load_causal_lm, outside_zero3_init
 
     rank, world = _distributed()
-    device = _local_device()
-    with _outside_zero3_init():
+    device = local_device()
+    with outside_zero3_init():
         model = load_causal_lm(reference.path, dtype=dtype, revision=revision,
                                trust_remote_code=reference.trust_remote_code)
     model.to(device).eval()

@@ -340,7 +340,7 @@ class MultiRefDPOTrainer(CompleteCheckpoints, DPOTrainer):
     """TRL's DPOTrainer trained against K precomputed references with MRPO or MDPO and a weighting strategy.
 
     align owns the data path: `train_dataset` rows hold the policy's `prompt_ids` / `chosen_ids` / `rejected_ids`
-    (from `align.methods.multiref_dpo.references.pair_token_ids`) and `ref_chosen_logps` / `ref_rejected_logps`, lists of K
+    (from `references.pair_token_ids`) and `ref_chosen_logps` / `ref_rejected_logps`, lists of K
     floats from the reference cache, so TRL's own tokenization and single-reference precompute are skipped
     (`args.precompute_ref_log_probs` must be True: TRL then keeps no reference model in memory).
     `validation` (same columns) is what tsw measures the policy on; evaluation reports the policy's preference

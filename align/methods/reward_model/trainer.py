@@ -105,6 +105,7 @@ from trl import RewardConfig, RewardTrainer
 
 from align.checkpoints import CompleteCheckpoints
 from align.numerics import upcast
+from align.tokens import pad_right, reward_input_ids
 from align.tracking import RedactedArguments
 
 log = logging.getLogger(__name__)
@@ -582,20 +583,6 @@ def soft_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 GAUSSIAN_LABELS = {0: "mu", 1: "variance_raw"}  # the two-output head of a Gaussian reward model, in config.json
 CONFIG_KEY = "align_reward"  # config.json entry: objective, head, anchor thresholds, score standardisation, ...
-FIXED_DATE = "26 Jul 2024"  # what Llama 3.x templates print when no date is available
-
-
-def reward_input_ids(tokenizer, prompt: list[dict], response: str) -> list[int]:
-    """Token ids a reward model reads for one (prompt, response): the chat template over the prompt messages plus
-    the response as the assistant turn. Training, scoring as a reward source and best-of-N all go through this, so a
-    reward model scores exactly what it was trained on."""
-    messages = [*prompt, {"role": "assistant", "content": response}]
-    # Llama 3.x templates print today's date unless given one: a model trained on Monday would read different tokens
-    # on Tuesday. Templates that do not use `date_string` ignore it.
-    return tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
-                                         date_string=FIXED_DATE)["input_ids"]
-
-
 def is_gaussian(config) -> bool:
     """Whether a sequence-classification config is align's Gaussian reward model (mean + raw variance head)."""
     return getattr(config, CONFIG_KEY, {}).get("head") == "gaussian"
@@ -634,18 +621,6 @@ def _presented_as_scalar(model):
         yield
     finally:
         model.config.id2label = id2label
-
-
-def pad_right(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask), both (B, T), right-padded: the layout training, scoring and the CausalRM feature
-    pass all feed the reward model."""
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for i, s in enumerate(sequences):
-        ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[i, :len(s)] = 1
-    return ids, mask
 
 
 PAIR_FIELDS = {"soft_label": torch.float32, "anchor_chosen": torch.long, "anchor_rejected": torch.long,

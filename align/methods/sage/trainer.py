@@ -55,9 +55,9 @@ from trl.chat_template_utils import parse_response
 from trl.data_utils import is_conversational
 
 from align.config import HintConfig, SAGEAlgorithmConfig
+from align.methods.grpo.trainer import AlignGRPOTrainer, build_grpo_trainer
 from align.rewards.verifiers import extract_boxed
 from align.rollout import GroupStats, combine_rewards, group_stats, prompt_key
-from align.methods.grpo.trainer import AlignGRPOTrainer, build_grpo_trainer
 
 logger = logging.get_logger(__name__)
 
