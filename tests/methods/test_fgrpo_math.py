@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from align.methods.fgrpo.trainer import (
+from align.methods.fgrpo.math import (
     DEFAULT_CLAMP,
     DIVERGENCES,
     clamp_log_ratio,

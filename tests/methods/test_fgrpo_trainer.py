@@ -13,7 +13,8 @@ from omegaconf import OmegaConf
 from align.data import rows_to_dataset
 from align.data.synthetic import arithmetic
 from align.methods.common import training_arguments
-from align.methods.fgrpo.trainer import build_fgrpo_trainer, group_token_weights
+from align.methods.fgrpo.math import fpa_loss, group_token_weights
+from align.methods.fgrpo.trainer import build_fgrpo_trainer, tokenize_pairs_truncated
 from align.methods.grpo.trainer import build_grpo_trainer
 from align.models import ensure_tiny, load_causal_lm, load_tokenizer
 from tests.conftest import compose
@@ -217,10 +218,8 @@ def sequence_logp(model, prompt: list[int], response: list[int]) -> torch.Tensor
 
 
 def test_pair_log_ratios_match_unpadded_forwards_and_lambda_zero_is_the_pairs_loss(tmp_path):
-    from align.methods.fgrpo.trainer import fpa_loss, tokenize_pairs
-
     hal = fhal_trainer(tmp_path / "h", lam=0.0)
-    hal.pairs, _ = tokenize_pairs(PAIRS_2, hal.processing_class, 512)
+    hal.pairs, _ = tokenize_pairs_truncated(PAIRS_2, hal.processing_class, 512)
     with torch.no_grad():  # move the policy away from the reference, so r != 0
         for p in hal.model.parameters():
             p.add_(0.02 * torch.randn_like(p))
@@ -238,19 +237,17 @@ def test_pair_log_ratios_match_unpadded_forwards_and_lambda_zero_is_the_pairs_lo
 
 
 def test_pairs_are_truncated_without_a_false_eos_and_useless_pairs_dropped():
-    from align.methods.fgrpo.trainer import tokenize_pairs
-
     tokenizer = load_tokenizer(str(ensure_tiny()))
     eos = tokenizer.eos_token_id
     prompt_len = len(tokenizer.apply_chat_template(PAIRS_2[1]["prompt"], add_generation_prompt=True, tokenize=True,
                                                    return_dict=True)["input_ids"])
-    (kept,), dropped = tokenize_pairs(PAIRS_2[1:], tokenizer, prompt_len + 10)
+    (kept,), dropped = tokenize_pairs_truncated(PAIRS_2[1:], tokenizer, prompt_len + 10)
     _, chosen, rejected = kept
     assert chosen[-1] == eos and len(chosen) == 4  # "15." fits: EOS kept
     assert len(rejected) == 10 and eos not in rejected  # cut: no EOS that would teach stopping mid-answer
     same = [{"prompt": PAIRS_2[1]["prompt"], "chosen": "abcdefghij-1", "rejected": "abcdefghij-2"}]
-    assert tokenize_pairs(same, tokenizer, prompt_len + 10) == ([], 1)  # identical once cut
-    assert tokenize_pairs(PAIRS_2[1:], tokenizer, prompt_len + 4) == ([], 1)  # no room left for responses
+    assert tokenize_pairs_truncated(same, tokenizer, prompt_len + 10) == ([], 1)  # identical once cut
+    assert tokenize_pairs_truncated(PAIRS_2[1:], tokenizer, prompt_len + 4) == ([], 1)  # no room left for responses
 
 
 def test_pair_draws_depend_only_on_seed_rank_step_and_micro_batch(tmp_path):
