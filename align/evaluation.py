@@ -14,10 +14,13 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList, TrainerCallback
+from accelerate.utils import gather_object
+from transformers import LogitsProcessor, TrainerCallback
 
 from align.console import phase_progress
 from align.distributed import decided_by_main
+from align.gate.align_results import step_files
+from align.generation import Decoding, chat_prompt_ids, fill_to, generate, generation_model
 from align.rewards.verifiers import boxed_spans
 
 
@@ -34,6 +37,10 @@ class _GreedyTokenLogprobs(LogitsProcessor):
     def __call__(self, input_ids, scores):
         self.steps.append(torch.log_softmax(scores.float(), dim=-1).max(dim=-1).values)
         return scores
+
+    def rows(self) -> list[list[float]]:
+        """The recorded log-probabilities, one list per row (generate always takes at least one step)."""
+        return torch.stack(self.steps, dim=1).tolist()
 
 
 def answer_span(text: str) -> tuple[int, int]:
@@ -71,37 +78,21 @@ def decoded_prefix_length(tokenizer, ids: list[int]) -> Callable[[int], int]:
     return functools.cache(lambda k: len(tokenizer.decode(ids[:k], skip_special_tokens=True)))
 
 
-@torch.no_grad()
 def generate_greedy(model, tokenizer, prompts: list, max_new_tokens: int, batch_size: int,
                     progress: str | None = None) -> list[tuple[str, float]]:
     """Greedy completions of chat-message `prompts`, in order, each with its answer confidence: decoded text
     (special tokens stripped) and the probability of the answer's tokens (see `answer_span`, `span_probability`).
-    `progress`: the name of a progress bar over the batches (`align.console.phase_progress`), None for none."""
-    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
-    results = []
-    device = next(model.parameters()).device
-    stop_ids = {tokenizer.pad_token_id, tokenizer.eos_token_id} - {None}
-    padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    try:
-        for start in phase_progress(range(0, len(texts), batch_size), progress):
-            batch = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
-                              add_special_tokens=False).to(device)
-            recorder = _GreedyTokenLogprobs()
-            output = model.generate(**batch, do_sample=False, max_new_tokens=max_new_tokens,
-                                    pad_token_id=tokenizer.pad_token_id, temperature=None, top_p=None, top_k=None,
-                                    logits_processor=LogitsProcessorList([recorder]))
-            new_tokens = output[:, batch["input_ids"].shape[1]:].tolist()
-            logprobs = torch.stack(recorder.steps, dim=1).tolist() if recorder.steps else [[] for _ in new_tokens]
-            for ids, row_logprobs in zip(new_tokens, logprobs):
-                # The completion ends at its first stop token; what follows is padding of a finished row.
-                length = next((i + 1 for i, t in enumerate(ids) if t in stop_ids), len(ids))
-                ids, row_logprobs = ids[:length], row_logprobs[:length]
-                text = tokenizer.decode(ids, skip_special_tokens=True)
-                confidence = span_probability(decoded_prefix_length(tokenizer, ids), row_logprobs,
-                                              answer_span(text))
-                results.append((text, confidence))
-    finally:
-        tokenizer.padding_side = padding_side
+    `batch_size` prompts per `generate` call; `progress`: the name of a progress bar over the batches
+    (`align.console.phase_progress`), None for none."""
+    ids, decoding, results = chat_prompt_ids(tokenizer, prompts), Decoding(max_new_tokens=max_new_tokens), []
+    for start in phase_progress(range(0, len(ids), batch_size), progress):
+        recorder = _GreedyTokenLogprobs()
+        generated = generate(model, tokenizer, ids[start:start + batch_size], decoding, logits_processors=[recorder])
+        for completion, logprobs, text in zip(generated.completion_ids, recorder.rows(), generated.texts(tokenizer)):
+            # A finished row's steps after its stop token scored padding.
+            confidence = span_probability(decoded_prefix_length(tokenizer, completion), logprobs[:len(completion)],
+                                          answer_span(text))
+            results.append((text, confidence))
     return results
 
 
@@ -115,23 +106,14 @@ def score(rows: list[dict], completions: list[str], verifier: Callable) -> list[
 def evaluate_held_out(trainer, tokenizer, rows: list[dict], verifier: Callable, max_new_tokens: int,
                       batch_size: int) -> list[dict]:
     """Per-sample results `{doc_id, prompt, answer, completion, score, correct, confidence}` on every rank, in row
-    order (`doc_id` is the row's index in the held-out split)."""
-    from accelerate.utils import gather_object
-    from trl.models import unwrap_model_for_generation
-
+    order (`doc_id` is the row's index in the held-out split). Collective: every rank must call it."""
     accelerator = trainer.accelerator
     rank, world = accelerator.process_index, accelerator.num_processes
     indices = list(range(rank, len(rows), world))
-    # Equal counts on every rank: ZeRO-3 generation is collective.
-    padded = indices + [indices[-1] if indices else 0] * (-(-len(rows) // world) - len(indices))
-    was_training = trainer.model.training
-    trainer.model.eval()
-    try:
-        with unwrap_model_for_generation(trainer.model, accelerator) as model:
-            generated = generate_greedy(model, tokenizer, [rows[i]["prompt"] for i in padded], max_new_tokens,
-                                        batch_size, progress="held-out eval" if rank == 0 else None)
-    finally:
-        trainer.model.train(was_training)
+    padded = fill_to(indices, -(-len(rows) // world), indices[-1] if indices else 0)
+    with generation_model(trainer) as model:
+        generated = generate_greedy(model, tokenizer, [rows[i]["prompt"] for i in padded], max_new_tokens,
+                                    batch_size, progress="held-out eval" if rank == 0 else None)
     local = list(zip(padded, generated))[: len(indices)]
     scored = score([rows[i] for i, _ in local], [c for _, (c, _) in local], verifier) if local else []
     results = [
@@ -167,8 +149,6 @@ def write_samples(path: Path, results: list[dict], *, task: str, metric: str, st
 
 def measured_history(run_dir: Path, up_to: int) -> list[tuple[int, float]]:
     """(step, accuracy) of the per-sample files already in `run_dir` for steps <= `up_to`, by step."""
-    from align.gate.align_results import step_files
-
     history = []
     for step, path in sorted(step_files(run_dir).items()):
         if step <= up_to:
