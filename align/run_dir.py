@@ -25,6 +25,11 @@ from align.checkpoints import COMPLETE_MARKER, write_json_atomic
 RUN_MARKER = ".align-run"
 
 
+class RunFinished(Exception):
+    """resume=auto found the run already finished with nothing more to train: not an error (a requeued job that
+    completed meanwhile ends here with status 0)."""
+
+
 class RunDir(Enum):
     NEW = "new"  # missing or empty
     PREPARED = "prepared"  # an align run directory whose training never began

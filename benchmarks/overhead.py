@@ -95,7 +95,6 @@ def align_config(opts: argparse.Namespace, max_steps: int):
     from align.config import (
         AlignConfig,
         DataConfig,
-        GRPOAlgorithmConfig,
         LoggerConfig,
         LoraConfig,
         ModelConfig,
@@ -105,6 +104,7 @@ def align_config(opts: argparse.Namespace, max_steps: int):
         TrainerConfig,
         validate,
     )
+    from align.methods.grpo.config import GRPOAlgorithmConfig
 
     config = AlignConfig(
         model=ModelConfig(path=opts.model, dtype="float32", lora=LoraConfig(r=opts.lora_r, alpha=opts.lora_alpha)),
@@ -191,9 +191,9 @@ def run_once(kind: str, opts: argparse.Namespace, shared: dict, timed_steps: int
     from transformers import set_seed
     from trl import GRPOTrainer
 
+    from align.methods.common import peft_config as _peft_config
     from align.methods.grpo.trainer import AlignGRPOTrainer
     from align.models import load_causal_lm, load_tokenizer
-    from align.train import _peft_config
 
     max_steps = opts.warmup + timed_steps
     config = align_config(opts, max_steps)

@@ -23,8 +23,8 @@ def compose(overrides: list[str]):
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from align.config import register_configs
-    from align.train import resolve_recipe_args
+    from align.compose import resolve_recipe_args
+    from align.methods import register_configs
 
     register_configs()
     overrides = resolve_recipe_args(overrides)

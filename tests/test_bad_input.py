@@ -166,7 +166,7 @@ def test_cheap_checks_import_nothing_heavy(arguments, tmp_path):
 def test_valid_names_pass_validation_without_importing_them():
     """A user's reward function (its module is imported only when the run builds its rewards), a TRL field and an
     attention implementation pass the pre-Hydra check without importing the user's module, TRL or transformers."""
-    code = ("import sys; from align.train import check_config; "
+    code = ("import sys; from align.compose import check_config; "
             "check_config(['reward.sources=[{name: \"tests.bad_rewards:nan_reward\"}]', '+trainer.trl.hub_token=x', "
             "'model.attn_implementation=kernels-community/flash-attn2']); "
             "print(sorted(m for m in ('tests.bad_rewards', 'torch', 'trl', 'transformers', 'datasets') "

@@ -3,7 +3,9 @@
 import pytest
 from omegaconf import OmegaConf
 
-from align.config import ConfigError, GRPOAlgorithmConfig, SFTAlgorithmConfig, generation_batch_size, validate
+from align.config import ConfigError, validate
+from align.methods.grpo.config import GRPOAlgorithmConfig, generation_batch_size
+from align.methods.sft.config import SFTAlgorithmConfig
 from tests.conftest import compose
 
 
@@ -88,17 +90,12 @@ def test_names_read_without_importing_match_the_imported_ones():
     import trl
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-    from align.config import (
-        BUILTIN_REWARD_NAMES,
-        SYNTHETIC_TASKS,
-        TRL_CONFIGS,
-        attention_implementations,
-        trl_config_fields,
-    )
+    from align.config import BUILTIN_REWARD_NAMES, SYNTHETIC_TASKS, attention_implementations, trl_config_fields
     from align.data import TASKS
+    from align.registry import METHODS
     from align.rewards import BUILTIN_REWARDS
 
-    for name, file in TRL_CONFIGS.values():
+    for name, file in {method.trl_config for method in METHODS.values()}:
         assert trl_config_fields(name, file) == {f.name for f in dataclasses.fields(getattr(trl, name))}, name
     assert set(attention_implementations()) == {"eager", *ALL_ATTENTION_FUNCTIONS.valid_keys()}
     assert BUILTIN_REWARD_NAMES == tuple(BUILTIN_REWARDS) and SYNTHETIC_TASKS == tuple(TASKS)
@@ -203,7 +200,7 @@ MULTIREF = ["recipe=multiref-dpo-prefs-tiny"]
     ("algorithm.bandit_pairs=500", None),  # fine for vaw, which does not sample subsets
     ("'algorithm.references=[{path: embedded:tiny, revison: main}]'", "unknown key(s) revison"),
     ("'algorithm.references=[{name: x}]'", "algorithm.references[0]"),
-    ("warm_start.max_steps=5", "warm_start is not supported with multiref_dpo"),
+    ("warm_start.max_steps=5", "algorithm=multiref_dpo has no warm start"),
     ("+algorithm.trl.bogus=1", "not a field of TRL.s DPOConfig"),
     ("+algorithm.trl.loss_type=[ipo]", "algorithm.trl: loss_type would be ignored"),
     ("+trainer.trl.max_length=64", "trainer.trl: max_length would be ignored"),
@@ -223,7 +220,7 @@ def test_tsw_subset_must_fit_in_the_validation_split():
 
 
 def test_reference_entries_become_named_configs():
-    from align.config import reference_models
+    from align.methods.multiref_dpo.config import reference_models
 
     config = typed([*MULTIREF, "algorithm.references=[embedded:tiny-pref:2,{path: /m/a/ckpt, name: mine},"
                                "/m/b/ckpt,/m/c/ckpt]"])
@@ -242,18 +239,23 @@ def test_qlora_needs_lora_and_a_gpu(monkeypatch):
 
 
 def test_every_numeric_setting_has_a_limit():
-    """A new int / float setting must say its allowed range in LIMITS, so `validate` checks it before any load."""
+    """A new int / float setting must say its allowed range in its class's `limits`, so `validate` checks it before
+    any load: the shared settings and every registered method's."""
     import dataclasses
+    import sys
     import typing
 
     import align.config as config
+    from align.registry import METHODS
 
+    modules = {config, *(sys.modules[method.config.__module__] for method in METHODS.values())}
+    classes = {cls for module in modules for cls in vars(module).values()
+               if dataclasses.is_dataclass(cls) and cls.__module__ == module.__name__}
+    assert len(classes) > 20
     numeric = {int, float, typing.Optional[int], typing.Optional[float], typing.List[int], typing.List[float]}
-    missing = [f"{cls.__name__}.{f.name}"
-               for cls in vars(config).values() if dataclasses.is_dataclass(cls) and cls.__module__ == config.__name__
-               for f in dataclasses.fields(cls)
+    missing = [f"{cls.__name__}.{f.name}" for cls in classes for f in dataclasses.fields(cls)
                if typing.get_type_hints(cls)[f.name] in numeric and config.setting_limit(cls, f.name) is None]
-    assert not missing, f"no LIMITS entry for {missing}"
+    assert not missing, f"no limits entry for {missing}"
 
 
 def test_scheduler_choices_are_transformers_scheduler_types():

@@ -119,7 +119,8 @@ def test_a_rerun_after_a_late_failure_reuses_the_directory_but_a_finished_run_is
 def test_resume_auto_of_a_finished_run_has_nothing_to_redo(tmp_path, monkeypatch, capsys):
     """A requeued job whose run finished meanwhile must not train it again: with save_steps 0 there is no checkpoint,
     and starting over would replace the finished model."""
-    from align.train import RunFinished, main
+    from align.run_dir import RunFinished
+    from align.train import main
 
     out = tmp_path / "run"
     args = GRPO + [f"trainer.output_dir={out}", "trainer.max_steps=1", "resume=auto"]

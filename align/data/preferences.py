@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from align.config import REWARD_MODEL_OBJECTIVES, ConfigError, DataConfig, RewardDataConfig
+from align.config import DataConfig, RewardDataConfig
 from align.data.loading import DataError, _is_empty, _is_messages, _load_source, to_messages
 
 KEY = "algorithm.data"
@@ -487,10 +487,8 @@ def load_reward_data(cfg: RewardDataConfig, objective: str) -> tuple[list[dict],
     `propensity_column=true_propensity` to train with the known propensities. eval_split / eval_size do not apply.
     Other sources load like the policy data: held-out = `cfg.eval_split` when set, else the last `cfg.eval_size`
     rows of train when > 0, else None. Everywhere `cfg.max_rows` then keeps the first rows of train, and true labels
-    are read on held-out rows only. Raises DataError (ConfigError for an unknown objective).
+    are read on held-out rows only. Raises DataError.
     """
-    if objective not in REWARD_MODEL_OBJECTIVES:
-        raise ConfigError(f"algorithm.objective is '{objective}'; choose one of: {', '.join(REWARD_MODEL_OBJECTIVES)}.")
     feedback = objective == "causal_rm"
     if cfg.source == "synthetic":
         train, held_out, cfg, train_name, held_name = _synthetic_source(cfg, feedback)

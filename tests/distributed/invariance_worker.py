@@ -12,9 +12,10 @@ from pathlib import Path
 
 from trl import GRPOConfig
 
-from align.config import AlignConfig, DataConfig, GRPOAlgorithmConfig, RewardSourceConfig, SyntheticConfig
+from align.config import AlignConfig, DataConfig, RewardSourceConfig, SyntheticConfig
 from align.data import load_splits
 from align.methods.common import training_arguments
+from align.methods.grpo.config import GRPOAlgorithmConfig
 from align.methods.grpo.trainer import AlignGRPOTrainer
 from align.models import load_causal_lm, load_tokenizer
 from align.rewards import build_reward_sources

@@ -83,7 +83,7 @@ def test_every_loss_type_trls_grpo_loss_implements_is_accepted():
 
     from trl import GRPOTrainer
 
-    from align.config import grpo_loss_types
+    from align.methods.grpo.config import grpo_loss_types
 
     loss_source = inspect.getsource(GRPOTrainer._compute_loss)
     assert {"grpo", "dapo", "dr_grpo", "bnpo", "cispo", "sapo", "luspo", "vespo"} <= set(grpo_loss_types())

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from align.compose import RecipeError, available_recipes, resolve_recipe_args
 from align.config import validate
-from align.train import RecipeError, available_recipes, resolve_recipe_args
 from tests.conftest import REPO, compose
 
 RECIPES = sorted(p.stem for p in (REPO / "recipes").glob("*.yaml"))
