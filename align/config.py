@@ -583,8 +583,8 @@ def _validate_model(model: ModelConfig) -> None:
 
 
 def _validate_run(cfg: AlignConfig, in_sweep: bool) -> None:
-    """A named run for resume=auto, the evaluation schedule, the audit's prompt sets, the answer regex, and hint
-    demonstrations only for a method that writes hints."""
+    """A named run for resume=auto, the evaluation schedule, the answer regex, and hint demonstrations only for a
+    method that writes hints. (The audit's prompt sets are read by `align.runs.check_before_start`.)"""
     t = cfg.trainer
     if cfg.resume == "auto" and not (t.run_name or t.output_dir or in_sweep):
         raise ConfigError("resume=auto continues the run in a fixed directory, but the default run name has a "
@@ -593,14 +593,6 @@ def _validate_run(cfg: AlignConfig, in_sweep: bool) -> None:
     if cfg.eval.every_steps % t.logging_steps:
         raise ConfigError(f"eval.every_steps {cfg.eval.every_steps} must be 0 or a multiple of trainer.logging_steps "
                           f"{t.logging_steps}, so held-out accuracy is logged on the step it was measured.")
-    if cfg.eval.audit:
-        from align.audit.prompts import AuditInputError, load_prompts  # only when auditing: it reads prompt files
-
-        for key in ("audit_target", "audit_control"):
-            try:
-                load_prompts(getattr(cfg.eval, key))
-            except AuditInputError as err:
-                raise ConfigError(f"eval.{key}: {err}.") from None
     if cfg.data.answer_regex:
         try:
             re.compile(cfg.data.answer_regex)

@@ -20,7 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from align.audit import report as audit_report
-from align.audit.prompts import AuditInputError
+from align.audit.prompts import AuditInputError, load_prompts
 from align.audit.run import AuditConfig, run_audit
 from align.checkpoints import (
     COMPLETE_MARKER,
@@ -85,12 +85,18 @@ def _planned_run_dir(config: AlignConfig) -> tuple[Path, str]:
     return directory, name
 
 
-def check_run_dir(config: AlignConfig) -> None:
-    """Refuse a run directory this run may not write into (ConfigError), before anything loads. Every rank checks
-    for itself (they see the same files); `shared_run_dir` checks rank 0's choice again when it opens the run."""
+def check_before_start(config: AlignConfig) -> None:
+    """Refuse (ConfigError), before anything loads, a run directory this run may not write into, and audit prompt
+    sets (eval.audit) that cannot be read. Every rank checks for itself (they see the same files);
+    `shared_run_dir` checks rank 0's choice of directory again when it opens the run."""
     problem = _run_dir_problem(_planned_run_dir(config)[0], config)
     if problem:
         raise ConfigError(problem)
+    for key in ("audit_target", "audit_control") if config.eval.audit else ():
+        try:
+            load_prompts(getattr(config.eval, key))
+        except AuditInputError as err:
+            raise ConfigError(f"eval.{key}: {err}.") from None
 
 
 def _run_dir_problem(directory: Path, config: AlignConfig) -> str | None:

@@ -44,7 +44,7 @@ def run(cfg: DictConfig) -> dict:
     from align import runs
     from align.preemption import STOP, Stopped
 
-    runs.check_run_dir(config)
+    runs.check_before_start(config)
     with STOP.installed():
         try:
             summary = _run(config, cfg)

@@ -6,15 +6,16 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from align.config import ConfigError, validate
+from align.config import ConfigError
+from align.runs import check_before_start
 from tests.conftest import compose
 
 
 def test_a_missing_audit_prompt_file_is_refused_before_loading(tiny_run, tmp_path):
     cfg = compose(tiny_run + ["eval.audit=true", f"eval.audit_control={tmp_path / 'none.jsonl'}"])
     with pytest.raises(ConfigError, match=r"eval.audit_control: prompt file .*none.jsonl does not exist"):
-        validate(OmegaConf.to_object(cfg), processes=1)
-    validate(OmegaConf.to_object(compose(tiny_run + ["eval.audit=true"])), processes=1)  # the shipped sets
+        check_before_start(OmegaConf.to_object(cfg))
+    check_before_start(OmegaConf.to_object(compose(tiny_run + ["eval.audit=true"])))  # the shipped sets
 
 
 @pytest.mark.slow
