@@ -24,8 +24,8 @@ FAST = ["--n", str(N), "--num-prompts", str(PROMPTS), "--max-new-tokens", "12", 
 @pytest.fixture(scope="module")
 def reward_models(tmp_path_factory) -> dict[str, Path]:
     """{'gaussian': ..., 'scalar': ...}: tiny reward-model checkpoints as `algorithm=reward_model` saves them."""
-    from align.methods.reward_model.trainer import load_reward_model
     from align.models import TINY, load_tokenizer
+    from align.rewards.reward_model import load_reward_model
 
     root = tmp_path_factory.mktemp("reward-models")
     paths = {}

@@ -2,8 +2,8 @@
 
 import pytest
 
-from align.methods.reward_model.trainer import load_reward_model
 from align.models import ModelLoadError, ensure_tiny, load_causal_lm
+from align.rewards.reward_model import load_reward_model
 
 
 @pytest.mark.parametrize("load", [

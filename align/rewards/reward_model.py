@@ -10,6 +10,11 @@ score different numbers of completions, as SAGE's hint rounds do).
 A scalar model's reward is its output. A Gaussian model (mean mu, variance sigma^2) gives mu by default, the
 q-quantile mu + Phi^-1(q) sigma for `quantile: q` (0.25 = pessimistic), or a fresh q ~ U(0.05, 0.95) per completion
 for `quantile: random`; it logs the batch means of mu and sigma through TRL's `log_metric`.
+
+The on-disk format, written by training (`load_reward_model`, then align.methods.reward_model's builder) and read
+here and by best-of-N: a sequence-classification checkpoint with one output, or two for the Gaussian model
+(`GAUSSIAN_LABELS`: mu and the raw variance v, `align.rewards.gaussian`), and under `CONFIG_KEY` in config.json the
+objective, the head ("scalar" / "gaussian") and what the objective learned (anchor thresholds, noise rates).
 """
 
 from __future__ import annotations
@@ -19,22 +24,60 @@ import os
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForSequenceClassification
 
 from align.distributed import local_device
+from align.models import (
+    attention_reported,
+    bf16_available,
+    load_tokenizer,
+    outside_zero3_init,
+    resolve_dtype,
+    resolve_model_path,
+)
+from align.rewards.gaussian import quantile_reward, random_quantiles, variance_from_raw
 from align.rewards.verifiers import completion_text
+from align.tokens import pad_right, reward_input_ids
 
-__all__ = ["RewardModelScorer", "load_scorer", "reward_model"]
+__all__ = ["CONFIG_KEY", "GAUSSIAN_LABELS", "RewardModelScorer", "is_gaussian", "load_reward_model", "load_scorer",
+           "reward_model"]
+
+GAUSSIAN_LABELS = {0: "mu", 1: "variance_raw"}  # the two-output head of a Gaussian reward model, in config.json
+CONFIG_KEY = "align_reward"  # config.json entry: objective, head, anchor thresholds, score standardisation, ...
+
+
+def is_gaussian(config) -> bool:
+    """Whether a sequence-classification config is align's Gaussian reward model (mean + raw variance head)."""
+    return getattr(config, CONFIG_KEY, {}).get("head") == "gaussian"
+
+
+def load_reward_model(path: str, objective: str, *, dtype: str = "auto", revision: str | None = None,
+                      trust_remote_code: bool = False, attn_implementation: str | None = None):
+    """A sequence-classification model to train: one output (bradley_terry, causal_rm) or two (gaussian_anchor: mu
+    and the raw variance v, sigma^2 = softplus(v) + 1e-6), on top of `path`'s backbone (safetensors only). A causal
+    LM checkpoint gets a fresh bias-free linear head on its last-token hidden state. Records the objective and the
+    head under `CONFIG_KEY`."""
+    # Lazy: TRL takes seconds to import and only training (which has it loaded already) calls this; scoring and the
+    # math tests import this module without it.
+    from trl.trainer.reward_trainer import suppress_seqcls_warning
+
+    gaussian = objective == "gaussian_anchor"
+    labels = GAUSSIAN_LABELS if gaussian else {0: "reward"}
+    extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    # The new head and the dropped LM head are expected, not worth a warning.
+    with suppress_seqcls_warning(), attention_reported(attn_implementation, path):
+        model = AutoModelForSequenceClassification.from_pretrained(
+            resolve_model_path(path), num_labels=len(labels), id2label=labels,
+            label2id={v: k for k, v in labels.items()}, dtype=resolve_dtype(dtype), revision=revision,
+            trust_remote_code=trust_remote_code, use_safetensors=True, **extra)
+    setattr(model.config, CONFIG_KEY, {"objective": objective, "head": "gaussian" if gaussian else "scalar"})
+    return model
 
 
 class RewardModelScorer:
     """A frozen reward model on this process's device. `score` gives mu (and sigma for a Gaussian model)."""
 
     def __init__(self, path: str, *, dtype: str = "auto", trust_remote_code: bool = False):
-        from transformers import AutoModelForSequenceClassification
-
-        from align.methods.reward_model.trainer import is_gaussian
-        from align.models import bf16_available, load_tokenizer, outside_zero3_init, resolve_dtype
-
         directory = Path(path).expanduser()
         if not (directory / "config.json").is_file():
             raise ValueError(f"'{path}' is not a reward model checkpoint (no config.json); give the final/ or a "
@@ -58,9 +101,6 @@ class RewardModelScorer:
     def score(self, prompts: list, completions: list, batch_size: int = 16) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(mu, sigma or None), each (N,) float32 on CPU, for N (prompt, completion) pairs. A prompt is chat messages
         or a string (taken as the user turn); a completion is a string or messages (its last message counts)."""
-        from align.methods.reward_model.trainer import variance_from_raw
-        from align.tokens import pad_right, reward_input_ids
-
         sequences = [reward_input_ids(self.tokenizer, p if isinstance(p, list) else [{"role": "user", "content": p}],
                                       completion_text(c)) for p, c in zip(prompts, completions, strict=True)]
         heads = torch.zeros((len(sequences), 2 if self.gaussian else 1), dtype=torch.float32)
@@ -85,8 +125,6 @@ _GENERATORS: dict[tuple[str, int], torch.Generator] = {}
 
 
 def _quantiles(quantile: float | str, n: int, path: str, seed: int) -> torch.Tensor | float:
-    from align.methods.reward_model.trainer import random_quantiles
-
     if quantile == "random":
         key = (path, seed)
         if key not in _GENERATORS:  # each process its own reproducible stream
@@ -104,8 +142,6 @@ def reward_model(prompts, completions, path: str, quantile: float | str = "mean"
     """Reward of each completion under the reward model at `path`: its scalar output, or for a Gaussian model mu
     (`quantile: mean`, the default), the q-quantile mu + Phi^-1(q) sigma (`quantile: q`), or a quantile drawn
     per completion from U(0.05, 0.95) (`quantile: random`, seeded by `seed` and the process index)."""
-    from align.methods.reward_model.trainer import quantile_reward
-
     scorer = load_scorer(str(Path(path).expanduser()), dtype, trust_remote_code)
     mu, sigma = scorer.score(prompts, completions, batch_size)
     if sigma is None:

@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from align.methods.reward_model.trainer import (
+from align.methods.reward_model.causal import estimate_noise_rates
+from align.methods.reward_model.math import (
     anchor_loss,
     anchor_mask,
     anchor_nll,
@@ -16,7 +17,6 @@ from align.methods.reward_model.trainer import (
     bradley_terry_loss,
     brier_score,
     doubly_robust_loss,
-    estimate_noise_rates,
     gaussian_anchor_loss,
     gaussian_preference_loss,
     gaussian_preference_nll,
@@ -26,11 +26,9 @@ from align.methods.reward_model.trainer import (
     pairwise_accuracy,
     preference_probability,
     preference_z,
-    quantile_reward,
-    random_quantiles,
     soft_cross_entropy,
-    variance_from_raw,
 )
+from align.rewards.gaussian import quantile_reward, random_quantiles, variance_from_raw
 
 D64 = torch.float64
 

@@ -12,22 +12,17 @@ import torch
 from align.config import ConfigError, validate
 from align.data.loading import to_messages
 from align.data.preferences import synthetic_feedback, synthetic_preferences
+from align.methods.reward_model.causal import causal_rm_inputs, fit_logistic, logistic_logits
+from align.methods.reward_model.math import imputed_clean_probability, roc_auc, soft_bce
 from align.methods.reward_model.trainer import (
     AlignRewardTrainer,
     attach_anchors,
     build_reward_model_trainer,
-    causal_rm_inputs,
-    fit_logistic,
-    imputed_clean_probability,
-    load_reward_model,
-    logistic_logits,
-    roc_auc,
-    soft_bce,
     tokenize_rows,
 )
 from align.models import TINY, load_tokenizer
 from align.rewards import RewardError, guard
-from align.rewards.reward_model import RewardModelScorer, reward_model
+from align.rewards.reward_model import RewardModelScorer, load_reward_model, reward_model
 from align.tokens import reward_input_ids
 from tests.conftest import compose
 
@@ -156,7 +151,7 @@ def test_bradley_terry_loss_is_trls_reward_loss(tokenizer, tmp_path):
 
 
 def test_bradley_terry_loss_subtracts_the_pairs_margins(tokenizer, tmp_path):
-    from align.methods.reward_model.trainer import bradley_terry_loss
+    from align.methods.reward_model.math import bradley_terry_loss
 
     algo = algorithm(["algorithm.objective=bradley_terry"])
     rows = [dict(row, margin=float(i % 3)) for i, row in enumerate(pairs(16))]
