@@ -30,6 +30,8 @@ import subprocess
 from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 log = logging.getLogger("align")
 
 PORT_BASE = 10000
@@ -161,8 +163,6 @@ def adopt_slurm_environment(environ: MutableMapping[str, str] = os.environ) -> d
     added: dict[str, str] = {}
     config_file = environ.get("ALIGN_ACCELERATE_CONFIG")
     if config_file:
-        from omegaconf import OmegaConf
-
         path = Path(config_file).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"ALIGN_ACCELERATE_CONFIG={config_file}: no such file")
@@ -173,7 +173,7 @@ def adopt_slurm_environment(environ: MutableMapping[str, str] = os.environ) -> d
         if int(environ.get("SLURM_STEP_NUM_TASKS", "1")) > 1 and "RANK" not in environ else {}
     added.update(distributed)
     if distributed and "ACCELERATE_USE_CPU" not in environ:
-        import torch
+        import torch  # not at the top: seconds to import, and align.train imports this module before validating
 
         deepspeed = {**environ, **added}.get("ACCELERATE_USE_DEEPSPEED", "false").lower() in ("1", "true", "yes")
         if not torch.cuda.is_available() and not deepspeed:

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Dict, List, Optional
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import MISSING
 
 from align.registry import METHODS
@@ -337,8 +339,6 @@ def _cuda_available() -> bool:
 
 def quantization_problem() -> str | None:
     """Why 4-bit loading cannot work in this environment, or None when it can."""
-    import importlib.util
-
     if not _cuda_available():
         return "4-bit loading (bitsandbytes) needs a CUDA GPU, and none is available."
     if importlib.util.find_spec("bitsandbytes") is None:
@@ -360,7 +360,7 @@ def trl_config_fields(name: str, file: str) -> frozenset[str]:
              source_class("transformers", "training_args.py", "TrainingArguments")]
     if None in chain or any([getattr(b, "id", None) for b in cls.bases] != [base.name]
                             for cls, base in zip(chain, chain[1:])) or chain[-1].bases:
-        import trl
+        import trl  # only in this fallback: seconds to import, and validation must not wait for it
 
         return frozenset(f.name for f in dataclasses.fields(getattr(trl, name)))
     return frozenset(item.target.id for cls in chain for item in cls.body
@@ -533,9 +533,6 @@ def _check_limits(key: str, node: Any) -> None:
 
 def hydra_multirun():
     """Hydra's runtime config when this process runs a point of a multirun sweep, else None."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return None
     return HydraConfig.get()

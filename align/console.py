@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
+from tqdm.auto import tqdm
+
 # --------------------------------------------------------------------------------------------------------------------
 # Dependency noise
 
@@ -64,8 +66,9 @@ def quiet_dependencies(logger_backend: str) -> None:
         warnings.filterwarnings("ignore", message=message, category=category)
     if logger_backend != "wandb":
         _import_without_wandb_notice()
+    # Here, not at the top: seconds to import, and align.train imports this module before the config is validated.
     import datasets
-    import transformers
+    import transformers  # (as above)
 
     # Bars for steps of a second or less (weight loading and saving, dataset maps such as TRL's tokenization); hub
     # downloads keep theirs (huggingface_hub's own switch).
@@ -184,8 +187,6 @@ def phase_progress(iterable: Iterable, desc: str | None, total: int | None = Non
     the bar goes when the phase ends. None for `desc` (pass it on all but the main process), or no terminal: no bar."""
     if desc is None or not interactive():
         return iterable
-    from tqdm.auto import tqdm
-
     return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True)
 
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 def plot_training_curves(log_history: list[dict], heldout: list[tuple[int, float]], path: Path,
                          title: str = "") -> Path:
-    import matplotlib
+    import matplotlib  # here, not at the top: only the plot needs it, and it takes about a second to import
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # (after the backend is chosen)
 
     reward = [(e["step"], e["reward"]) for e in log_history if e.get("reward") is not None and "step" in e]
     loss = [(e["step"], e["loss"]) for e in log_history if e.get("loss") is not None and "step" in e]

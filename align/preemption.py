@@ -25,6 +25,8 @@ from collections.abc import Callable
 from contextlib import contextmanager
 
 import torch
+from accelerate import PartialState
+from accelerate.utils import reduce
 from transformers import TrainerCallback
 
 log = logging.getLogger("align")
@@ -93,9 +95,6 @@ class StopRequest:
                               float(self.signum == signal.SIGINT)])
         if torch.distributed.is_available() and torch.distributed.is_initialized() \
                 and torch.distributed.get_world_size() > 1:
-            from accelerate import PartialState
-            from accelerate.utils import reduce
-
             flags = reduce(flags.to(PartialState().device), reduction="max").cpu()
         return tuple(bool(v) for v in flags.tolist())
 

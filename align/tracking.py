@@ -19,7 +19,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ChoiceSweep, Override, Quote, QuotedString, Sweep
 from hydra.core.utils import JobReturn
+from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
@@ -124,8 +127,6 @@ def redact_text(text: str) -> str:
 
 @functools.cache
 def _overrides_parser():
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     return OverridesParser.create()
 
 
@@ -135,9 +136,6 @@ def redact_override(override: str) -> str:
     at any depth of a dict or list value, in each choice of a sweep
     (`reward.sources=[{name: x, kwargs: {secret_key: '<redacted>'}}]`), and the user information of URLs. An
     argument that does not parse is redacted as text (`redact_text`)."""
-    from hydra.core.override_parser.types import ChoiceSweep, Override, Quote, QuotedString, Sweep
-    from hydra.errors import HydraException
-
     try:
         parsed = _overrides_parser().parse_overrides([override])[0]
     except HydraException:
@@ -269,7 +267,7 @@ def start_tracking(cfg: LoggerConfig, run_dir: Path, run_name: str, config: dict
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")  # read by transformers' callback
         return ["tensorboard"]
     try:
-        import wandb
+        import wandb  # here, not at the top: an optional dependency (align[wandb]), for logger=wandb only
     except ImportError as err:
         raise ImportError("logger=wandb needs the wandb package: pip install 'align[wandb]'.") from err
     if is_main_process and wandb.run is None:
@@ -285,7 +283,7 @@ def start_tracking(cfg: LoggerConfig, run_dir: Path, run_name: str, config: dict
 
 def finish_tracking(cfg: LoggerConfig, is_main_process: bool) -> None:
     if cfg.backend == "wandb" and is_main_process:
-        import wandb
+        import wandb  # optional (see start_tracking)
 
         if wandb.run is not None:
             wandb.finish()

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from align.gate.align_results import looks_like_align, read_align_samples
+from align.gate.lm_eval import looks_like_lm_eval, read_lm_eval_samples
 from align.gate.report import build_report, markdown
 from align.gate.samples import GateInputError, Sample, pair_samples
 from align.gate.stats import AGGREGATES, gate
@@ -21,8 +22,6 @@ EXIT_OK, EXIT_DEGRADED, EXIT_BAD_INPUT = 0, 1, 2
 def read_side(paths: list[str | Path], side: str) -> list[Sample]:
     """Every sample of one side. Each path is lm-eval `--log_samples` output (a directory or samples_*.jsonl files)
     or align evaluation output (a run directory, meaning its final measurement, or an eval/step-<N>.jsonl file)."""
-    from align.gate.lm_eval import looks_like_lm_eval, read_lm_eval_samples
-
     lm_eval_paths, samples = [], []
     for path in map(Path, paths):
         if not path.exists():

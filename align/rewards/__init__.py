@@ -18,6 +18,8 @@ import inspect
 import math
 import numbers
 
+from omegaconf import OmegaConf
+
 from align.config import reward_source_problem
 from align.rewards.reward_model import reward_model
 from align.rewards.verifiers import VERIFIERS, completion_text
@@ -114,8 +116,6 @@ def resolve_reward(name: str, kwargs: dict | None = None):
 
 def _plain(kwargs) -> dict:
     """Hydra hands over a DictConfig; user functions should see plain dicts and lists."""
-    from omegaconf import OmegaConf
-
     return OmegaConf.to_container(kwargs, resolve=True) if OmegaConf.is_config(kwargs) else dict(kwargs)
 
 
