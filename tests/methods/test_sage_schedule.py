@@ -7,22 +7,18 @@ import pytest
 import torch
 
 from align.checkpoints import write_json_atomic
-from align.config import HintConfig
-from align.methods.sage.trainer import (
-    HintState,
-    collapsed,
-    escalate,
+from align.methods.sage.config import HintConfig
+from align.methods.sage.hints import (
     fill,
     hint_demonstrations,
     hint_request,
     leaks_answer,
-    next_light_level,
     parse_hints,
-    prompt_key,
     question_text,
     with_hint,
 )
-from align.rollout import SolvedPrompts, combine_rewards, group_stats
+from align.methods.sage.math import HintState, collapsed, escalate, next_light_level
+from align.rollout import SolvedPrompts, combine_rewards, group_stats, prompt_key
 
 GOOD = {"level_1": "Think about carries.", "level_2": "Ones: 7+8=15.", "level_3": "Carry 1 into the tens."}
 LEVELS = ["Think about carries.", "Ones: 7+8=15.", "Carry 1 into the tens."]

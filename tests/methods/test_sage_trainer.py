@@ -13,9 +13,11 @@ import torch
 from omegaconf import OmegaConf
 from transformers import TrainerCallback
 
-from align.config import RewardSourceConfig, SAGEAlgorithmConfig
+from align.config import RewardSourceConfig
 from align.data import rows_to_dataset
-from align.methods.sage.trainer import STATE_FILE, build_sage_trainer, prompt_key
+from align.methods.sage.config import SAGEAlgorithmConfig
+from align.methods.sage.trainer import STATE_FILE, build_sage_trainer
+from align.rollout import prompt_key
 from tests.conftest import SAGE_TEMPLATES, compose, sage_rows
 
 

@@ -29,8 +29,8 @@ import torch
 from transformers.utils import logging
 from trl.trainer.utils import pad, use_adapter
 
-from align.config import FGRPOAlgorithmConfig, FHALAlgorithmConfig
 from align.data.pairs import load_pairs
+from align.methods.fgrpo.config import FGRPOAlgorithmConfig, FHALAlgorithmConfig
 from align.methods.fgrpo.math import clamp_log_ratio, fgrpo_token_loss, fpa_loss, get_divergence, group_token_weights
 from align.methods.grpo.trainer import AlignGRPOTrainer, build_grpo_trainer
 

@@ -32,7 +32,7 @@ from trl import GRPOConfig, GRPOTrainer
 from trl.trainer.utils import RepeatSampler
 
 from align.checkpoints import CompleteCheckpoints
-from align.config import GRPOAlgorithmConfig
+from align.methods.grpo.config import GRPOAlgorithmConfig
 from align.rollout import SolvedPrompts, combine_rewards, group_stats, prompt_key
 from align.timing import PhaseTimer
 from align.tracking import RedactedArguments

@@ -8,10 +8,10 @@ from them. SAGE asks the *current* policy to write three progressive hints from 
 reference solution, re-rolls the collapsed group with the hint in its prompt, and trains on the hinted group. The
 reward never sees the hint; evaluation never uses one.
 
-Layout: pure functions first (hint parsing, leak filter, collapse test, escalation, SAGE-LIGHT level rule, prompt
-building, per-prompt state), then the trainer, which overrides only TRL's `_generate` (the rollout) and the reward
-hook, so TRL's own code pads the batch and computes the old / reference log-probs and the loss on the prompt ids
-the rollout returns: the *hinted* ones.
+Layout: the pure parts live beside this module: hints.py (hint request, parsing, leak filter, hinted prompt) and
+math.py (collapse test, escalation, SAGE-LIGHT level rule, per-prompt state). This module is the trainer, which
+overrides only TRL's `_generate` (the rollout) and the reward hook, so TRL's own code pads the batch and computes
+the old / reference log-probs and the loss on the prompt ids the rollout returns: the *hinted* ones.
 
 Decisions the spec leaves open:
 - A group is collapsed when no completion scores above `success_threshold` (trigger `no_success`). Under trigger
@@ -38,14 +38,10 @@ Decisions the spec leaves open:
 
 from __future__ import annotations
 
-import ast
 import json
 import os
-import random
-import re
-from collections.abc import Callable, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from accelerate.utils import gather_object
@@ -54,227 +50,15 @@ from transformers.utils import logging
 from trl.chat_template_utils import parse_response
 from trl.data_utils import is_conversational
 
-from align.config import HintConfig, SAGEAlgorithmConfig
 from align.methods.grpo.trainer import AlignGRPOTrainer, build_grpo_trainer
-from align.rewards.verifiers import extract_boxed
+from align.methods.sage.config import SAGEAlgorithmConfig
+from align.methods.sage.hints import hint_request, leaks_answer, parse_hints, question_text, with_hint
+from align.methods.sage.math import LEVELS, HintState, collapsed, escalate, next_light_level
 from align.rollout import GroupStats, combine_rewards, group_stats, prompt_key
 
 logger = logging.get_logger(__name__)
 
-LEVELS = (1, 2, 3)
-MAX_LEVEL = LEVELS[-1]
 STATE_FILE = "sage_state.json"
-
-# --------------------------------------------------------------------------------------------------------------------
-# Hint text
-
-
-_FENCE = re.compile(r"```[a-zA-Z]*\s*(.*?)```", re.DOTALL)
-_TRAILING_COMMA = re.compile(r",\s*([}\]])")
-_FIELD = re.compile(r"\{(question|solution|hint)\}")
-# A LaTeX command written with a single backslash inside a JSON string ("\frac", "\times") would be read as a JSON
-# escape (form feed, tab, ...): such backslashes are doubled before a second parsing attempt.
-_LATEX_BACKSLASH = re.compile(r"(?<!\\)\\(?=[A-Za-z]{2,})")
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f]")
-
-
-def fill(template: str, **values: str) -> str:
-    """Substitute `{question}`, `{solution}`, `{hint}` in one pass; other braces (JSON, LaTeX) are left alone."""
-    return _FIELD.sub(lambda m: values[m.group(1)] if m.group(1) in values else m.group(0), template)
-
-
-def _loads_tolerant(text: str):
-    """JSON, or JSON with trailing commas, or a Python literal (single quotes); None when none of them parse."""
-    without_commas = _TRAILING_COMMA.sub(r"\1", text)
-    for candidate in (text, without_commas):
-        try:
-            return json.loads(candidate)
-        except json.JSONDecodeError:
-            pass
-    try:
-        return ast.literal_eval(without_commas)  # literals only: never evaluates code
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        return None
-
-
-def _levels(obj) -> list[str] | None:
-    if not isinstance(obj, dict):
-        return None
-    levels = [obj.get(f"level_{level}") for level in LEVELS]
-    if not all(isinstance(v, str) and v.strip() for v in levels):
-        return None
-    return [v.strip() for v in levels]
-
-
-def _hint_object(text: str) -> list[str] | None:
-    """The hint levels of the object `text` opens with: strict JSON (trailing prose ignored), else a tolerant parse
-    up to the last "}"; single-backslash LaTeX is retried when JSON read it as escapes."""
-    fallback = None
-    for variant in (text, _LATEX_BACKSLASH.sub(r"\\\\", text)):
-        try:
-            levels = _levels(json.JSONDecoder().raw_decode(variant)[0])
-        except json.JSONDecodeError:
-            levels = _levels(_loads_tolerant(variant[:variant.rfind("}") + 1]))
-        if levels is not None and not any(_CONTROL.search(v) for v in levels):
-            return levels
-        fallback = fallback or levels
-    return fallback
-
-
-def parse_hints(text: str) -> list[str] | None:
-    """The three hint levels of a hint writer's reply, or None when they cannot all be recovered.
-
-    Accepts the JSON object `{"level_1": ..., "level_2": ..., "level_3": ...}` inside code fences or surrounding
-    prose (which may itself contain braces), with single quotes, trailing commas or single-backslash LaTeX. Every
-    level must be a non-empty string.
-    """
-    fenced = _FENCE.search(text)
-    body = fenced.group(1) if fenced else text
-    end = body.rfind("}")
-    for start in (i for i, char in enumerate(body) if char == "{" and i < end):
-        levels = _hint_object(body[start:])
-        if levels is not None:
-            return levels
-    return None
-
-
-def _answer_target(answer: str) -> str:
-    return re.sub(r"\s+", "", extract_boxed(answer) or answer)
-
-
-def leaks_answer(levels: Sequence[str], answer) -> bool:
-    """Whether any hint level states `answer` as a whole token (whitespace ignored; "85" does not match "185")."""
-    target = _answer_target("" if answer is None else str(answer))
-    if not target:
-        return False
-    spaced = r"\s*".join(re.escape(char) for char in target)
-    pattern = re.compile(r"(?<![0-9A-Za-z.])" + spaced + r"(?![0-9A-Za-z])")
-    return any(pattern.search(level) for level in levels)
-
-
-def question_text(prompt) -> str:
-    """The question a prompt asks: the last user message of a conversation, or the prompt string itself."""
-    if isinstance(prompt, str):
-        return prompt
-    return next(m["content"] for m in reversed(prompt) if m["role"] == "user")
-
-
-def with_hint(prompt, hint: str, solve_template: str):
-    """The prompt with its question replaced by `solve_template` (question + hint); other messages unchanged."""
-    if isinstance(prompt, str):
-        return fill(solve_template, question=prompt, hint=hint)
-    index = max(i for i, m in enumerate(prompt) if m["role"] == "user")
-    hinted = fill(solve_template, question=prompt[index]["content"], hint=hint)
-    return [*prompt[:index], {**prompt[index], "content": hinted}, *prompt[index + 1:]]
-
-
-def hint_request(prompt, solution: str, hint: HintConfig) -> list[dict]:
-    """The conversation that asks the policy for a hint JSON."""
-    messages = [{"role": "system", "content": hint.system_prompt}] if hint.system_prompt else []
-    user = fill(hint.user_template, question=question_text(prompt), solution=solution)
-    return [*messages, {"role": "user", "content": user}]
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Schedules
-
-
-def collapsed(stats: GroupStats, group_size: int, trigger: str = "no_success") -> torch.Tensor:
-    """Bool (num_groups,): groups SAGE hints. All-correct groups never are."""
-    if trigger == "no_success":
-        return stats.successes == 0
-    if trigger == "zero_variance":
-        return stats.zero_variance & (stats.successes < group_size)
-    raise ValueError(f"Unknown SAGE trigger '{trigger}'; choose no_success or zero_variance.")
-
-
-def escalate(groups: Sequence[int], roll: Callable[[list[int], int], list[bool]],
-             any_rank: Callable[[bool], bool] = bool) -> dict[int, int]:
-    """SAGE's escalation: re-roll `groups` at hint levels 1, 2, 3; a group stops at its first level with a success.
-
-    `roll(groups, level)` replaces each listed group whole with a fresh group rolled out under its level-`level`
-    hint and returns, per group, whether the new group has a success. Level 3 is final whatever its result.
-    `any_rank(local_pending)` says whether any process still has groups to re-roll: every process keeps calling
-    `roll` (possibly with no groups) while one does, so collective generation never deadlocks.
-    Returns the final level of every group in `groups`.
-    """
-    final: dict[int, int] = {}
-    pending = list(groups)
-    for level in LEVELS:
-        if not any_rank(bool(pending)):
-            break
-        solved = roll(pending, level)
-        final.update(dict.fromkeys(pending, level))
-        pending = [g for g, ok in zip(pending, solved, strict=True) if not ok]
-    return final
-
-
-def next_light_level(level: int, success_frac: float, rule: str = "paper", alpha: float = 0.35,
-                     low: float = 0.1) -> int:
-    """SAGE-LIGHT's level after a group at `level` succeeded on `success_frac` of its completions.
-
-    paper: p < alpha raises the level (capped at 3); it never decreases.
-    bidirectional: p <= low raises it; p > alpha lowers it (floored at 0).
-    """
-    if rule == "paper":
-        return min(level + 1, MAX_LEVEL) if success_frac < alpha else level
-    if rule == "bidirectional":
-        if success_frac <= low:
-            return min(level + 1, MAX_LEVEL)
-        if success_frac > alpha:
-            return max(level - 1, 0)
-        return level
-    raise ValueError(f"Unknown SAGE-LIGHT rule '{rule}'; choose paper or bidirectional.")
-
-
-@dataclass
-class HintState:
-    """SAGE-LIGHT's per-prompt state, keyed by `prompt_key`; identical on every rank, saved with checkpoints.
-
-    levels      the current hint level per prompt (absent = 0: never seen)
-    last_hints  the last hint that parsed, per prompt (reused when a fresh one fails)
-    """
-
-    levels: dict[str, int] = field(default_factory=dict)
-    last_hints: dict[str, list[str]] = field(default_factory=dict)
-
-    def update(self, key: str, level: int, hint: list[str] | None = None) -> None:
-        self.levels[key] = level
-        if hint is not None:
-            self.last_hints[key] = hint
-
-    def state_dict(self) -> dict:
-        """A copy: later updates do not change it."""
-        return {"levels": dict(self.levels), "last_hints": {k: list(v) for k, v in self.last_hints.items()}}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.levels = {k: int(v) for k, v in state["levels"].items()}
-        self.last_hints = {k: list(v) for k, v in state["last_hints"].items()}
-
-
-def hint_demonstrations(rows: Sequence[dict], hint: HintConfig, hints_column: str, seed: int = 0) -> list[dict]:
-    """SFT rows that teach a model SAGE's two skills, for rows whose `hints_column` holds gold hint JSON.
-
-    Per row: the hint request -> the gold JSON, and the question with a hint of a random level -> the reference
-    solution. Used by the warm start of the embedded recipes, whose tiny model has never seen a hint; real instruct
-    models write and use hints without it.
-    """
-    rng = random.Random(seed)
-    demos = []
-    for row in rows:
-        levels = parse_hints(row.get(hints_column) or "")
-        solution = row.get(hint.solution_column)
-        if levels is None or not solution:
-            continue
-        demos.append({"prompt": hint_request(row["prompt"], solution, hint),
-                      "completion": [{"role": "assistant", "content": row[hints_column]}]})
-        hinted = with_hint(row["prompt"], levels[rng.randrange(MAX_LEVEL)], hint.solve_template)
-        demos.append({"prompt": hinted, "completion": [{"role": "assistant", "content": solution}]})
-    return demos
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Trainer
 
 
 @dataclass
