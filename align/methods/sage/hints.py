@@ -17,7 +17,6 @@ from collections.abc import Sequence
 
 from align.methods.sage.config import HintConfig
 from align.methods.sage.math import LEVELS, MAX_LEVEL
-from align.rewards.verifiers import extract_boxed
 
 _FENCE = re.compile(r"```[a-zA-Z]*\s*(.*?)```", re.DOTALL)
 _TRAILING_COMMA = re.compile(r",\s*([}\]])")
@@ -89,6 +88,10 @@ def parse_hints(text: str) -> list[str] | None:
 
 
 def _answer_target(answer: str) -> str:
+    # Lazy for start-up time: the align.rewards package loads transformers and datasets (its reward-model source),
+    # seconds that parsing hint text, warm-start data and the schedule tests do not need.
+    from align.rewards.verifiers import extract_boxed
+
     return re.sub(r"\s+", "", extract_boxed(answer) or answer)
 
 
