@@ -34,9 +34,23 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    GenerationConfig,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen2Tokenizer,
+)
+from transformers.convert_slow_tokenizer import bytes_to_unicode
+from transformers.integrations import deepspeed as hf_deepspeed
 
 from align.config import model_path_problem
+from align.data.preferences import PROMPTS, tilted_responses
 from align.files import cache_dir, file_sha256
 
 log = logging.getLogger(__name__)
@@ -79,9 +93,6 @@ def build_tiny_tokenizer():
     Digits, spaces and newlines each get their own token, which keeps arithmetic easy for a tiny model, and the
     tokenizer round-trips through `AutoTokenizer` exactly like a released Qwen2 checkpoint.
     """
-    from transformers import Qwen2Tokenizer
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-
     byte_symbols = list(bytes_to_unicode().values())
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + byte_symbols)}
     tokenizer = Qwen2Tokenizer(
@@ -100,8 +111,6 @@ def build_tiny_tokenizer():
 
 def build_tiny_model(vocab_size: int, eos_token_id: int, pad_token_id: int, seed: int = 0):
     """A small Qwen2 decoder with random weights; the same seed gives bit-identical weights."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
     config = Qwen2Config(
         vocab_size=vocab_size,
         hidden_size=128,
@@ -183,8 +192,6 @@ def convert_gguf(gguf_file: Path):
     model of the same class built from the same config (without the GGUF quantization record). The generation config
     stops at the tokenizer's end-of-turn token (its eos, `<|im_end|>` for ChatML), as chat generation must.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
-
     tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
     loaded = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32)
     config = loaded.config
@@ -232,10 +239,6 @@ def _pref_examples(tokenizer, tilt: float, num: int, seed: int) -> list[tuple[li
     """`num` (token ids, number of prompt tokens) of chats [user: a random PROMPTS entry, assistant: a
     `tilted_responses` sentence], rendered by the chat template; the prompt part is the generation-prompt rendering,
     checked to be a prefix of the full chat so that the tokens after it are exactly the response turn."""
-    import numpy as np
-
-    from align.data.preferences import PROMPTS, tilted_responses
-
     rng = np.random.default_rng(seed)
     prompts = [PROMPTS[i] for i in rng.integers(len(PROMPTS), size=num)]
     examples = []
@@ -299,8 +302,6 @@ def ensure_tiny_reference(tilt: float, root: Path | None = None) -> Path:
     The directory holds `model.safetensors` and the tiny tokenizer; equal tilts (2, 2.0) share it. Same atomic
     staging + rename as `ensure_tiny`, so concurrent ranks are safe. Raises ValueError for a non-finite tilt.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     name = _canonical_tilt(tilt)
     target = (root or cache_dir()) / f"tiny-pref-{_TINY_PREF_VERSION}-tilt{name}"
     if (target / "model.safetensors").exists():
@@ -397,8 +398,6 @@ def check_lora_targets(path: str, targets, *, revision: str | None = None, trust
     The module names come from the model built on the meta device from its config.json: no weights are loaded.
     A config that cannot be read is left to the model load, which reports it.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     try:
         config = AutoConfig.from_pretrained(resolve_model_path(path), revision=revision,
                                             trust_remote_code=trust_remote_code)
@@ -418,8 +417,6 @@ def check_lora_targets(path: str, targets, *, revision: str | None = None, trust
 def load_tokenizer(path: str, *, revision: str | None = None, trust_remote_code: bool = False,
                    chat_template: str | None = None):
     """Load a tokenizer that can render chats: left padding for generation, a pad token, a chat template."""
-    from transformers import AutoTokenizer
-
     resolved = resolve_model_path(path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(resolved, revision=revision, trust_remote_code=trust_remote_code)
@@ -447,12 +444,8 @@ def load_causal_lm(path: str, *, dtype: str = "auto", revision: str | None = Non
     """Load a causal LM from safetensors only (pickle checkpoints are refused). `load_in_4bit` (QLoRA) quantizes the
     weights to NF4 with double quantization on this process's GPU, computing in bf16 (fp16 without bf16 support);
     `align.config.validate` has checked that a GPU and bitsandbytes are there."""
-    from transformers import AutoModelForCausalLM
-
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     if load_in_4bit:
-        from transformers import BitsAndBytesConfig
-
         compute = torch.bfloat16 if bf16_available() else torch.float16
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                                            bnb_4bit_use_double_quant=True,
@@ -485,8 +478,6 @@ def outside_zero3_init():
     preflight, before that; code of one's own may not): transformers would otherwise build the model under
     deepspeed.zero.Init, whose partitioned parameters a plain forward outside the engine cannot use. transformers
     keeps the active DeepSpeed config behind a module-level weak reference; it is hidden for the load only."""
-    from transformers.integrations import deepspeed as hf_deepspeed
-
     saved = getattr(hf_deepspeed, "_hf_deepspeed_config_weak_ref", None)
     hf_deepspeed._hf_deepspeed_config_weak_ref = None
     try:

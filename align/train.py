@@ -38,11 +38,11 @@ def run(cfg: DictConfig) -> dict:
     from and returns `{"stopped_during": phase, "kept": what, "exit_code": status}` instead."""
     config: AlignConfig = OmegaConf.to_object(cfg)
     validate(config)
+    quiet_dependencies(config.logger.backend)  # first: some dependency noise is printed at import
     # Imported once the config is valid: they load torch, transformers and TRL (seconds), and a config error must
-    # print at once. Dependency noise is filtered first: some of it is printed at import.
-    quiet_dependencies(config.logger.backend)
+    # print at once.
     from align import runs
-    from align.preemption import STOP, Stopped
+    from align.preemption import STOP, Stopped  # (as above)
 
     runs.check_before_start(config)
     with STOP.installed():
@@ -59,13 +59,14 @@ def run(cfg: DictConfig) -> dict:
 
 def _run(config: AlignConfig, cfg: DictConfig) -> dict:
     """The run's steps, in order (see the module docstring)."""
-    from transformers import set_seed  # these load torch: imported once the config is valid (see `run`)
+    # Imported once the config is valid (see `run`): these load torch, transformers and TRL.
+    from transformers import set_seed
 
-    from align import runs
-    from align.models import check_lora_targets, load_tokenizer, resolve_model_path
-    from align.preemption import STOP
-    from align.progress import show_progress
-    from align.warm_start import starting_model
+    from align import runs  # (as above)
+    from align.models import check_lora_targets, load_tokenizer, resolve_model_path  # (as above)
+    from align.preemption import STOP  # (as above)
+    from align.progress import show_progress  # (as above)
+    from align.warm_start import starting_model  # (as above)
 
     model = config.model
     resolve_model_path(model.path)  # a missing local path fails here, before anything is loaded
@@ -129,7 +130,7 @@ def print_error(err: Exception) -> None:
 def shutdown_distributed() -> None:
     """Tear the process group down explicitly: left to interpreter exit, gloo's threads can abort the process
     ("terminate called without an active exception") after all work is done, failing the launch."""
-    import torch.distributed as dist
+    import torch.distributed as dist  # here, not at the top: torch takes seconds, and a config error must not wait
 
     if dist.is_available() and dist.is_initialized():
         dist.barrier()

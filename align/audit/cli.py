@@ -9,6 +9,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from align.audit import report as writer
+from align.audit.prompts import AuditInputError
+from align.console import quiet_dependencies
+
 EXIT_OK, EXIT_BAD_INPUT = 0, 2
 
 
@@ -63,9 +67,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from align.audit.prompts import AuditInputError
+    quiet_dependencies("none")  # before the imports below: some dependency noise is printed at import
+    # Imported after the arguments are parsed: they load torch and transformers (seconds), and --help must be fast.
     from align.audit.run import AuditConfig, run_audit
-    from align.models import ModelLoadError
+    from align.models import ModelLoadError  # (as above)
 
     cfg = AuditConfig(base=args.base, aligned=args.aligned, target=args.target, control=args.control, eps=args.eps,
                       sensitivity_eps=args.sensitivity_eps, n=args.n, batch_size=args.batch_size, dtype=args.dtype,
@@ -73,11 +78,6 @@ def main(argv: list[str] | None = None) -> int:
                       ablate_n=args.ablate_n, ablate_seeds=args.ablate_seeds, ablate_singles=args.ablate_singles,
                       max_new_tokens=args.max_new_tokens, band=args.band, trust_remote_code=args.trust_remote_code)
     try:
-        from align.audit import report as writer
-        from align.console import quiet_dependencies
-
-        quiet_dependencies("none")
-
         report = run_audit(cfg, args.out)
         paths = writer.write(report, args.out)
     except (AuditInputError, ModelLoadError) as err:

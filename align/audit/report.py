@@ -6,6 +6,8 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
+
 MARKDOWN, JSON, ENERGY_PNG, SPECTRA_PNG = "audit.md", "audit.json", "cumulative_energy.png", "spectra.png"
 TABLE_VARIANTS = ("naive", "template", "aligned", "did", "template_control")
 
@@ -90,11 +92,10 @@ def ablation_markdown(ablation: dict) -> list[str]:
 def plot(report: dict, out_dir: Path) -> list[Path]:
     """Cumulative energy vs k (with the 1 - eps line) and log10 s_i / s1 spectra, a panel per variant and a line
     per layer."""
-    import matplotlib
+    import matplotlib  # here, not at the top: only the plots need it, and it takes about a second to import
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
+    import matplotlib.pyplot as plt  # (after the backend is chosen)
 
     eps = report["config"]["eps"]
     paths = []

@@ -15,11 +15,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import AutoConfig
 
 from align.audit import ranks
 from align.audit.activations import CHAT, RAW, last_token_activations, projected_out, render
 from align.audit.prompts import AuditInputError, PromptSet, load_prompts
 from align.console import phase_progress
+from align.evaluation import generate_greedy, score, write_samples
+from align.gate.stats import mcnemar_exact
+from align.models import ModelLoadError, load_causal_lm, load_tokenizer, resolve_dtype, resolve_model_path
+from align.rewards.verifiers import boxed_match
 
 VARIANTS = ("naive", "template", "aligned", "did")
 CONTROL_VARIANT = "template_control"  # M_template on the control set: how concentrated a non-target shift is
@@ -75,8 +80,6 @@ def check_config(cfg: AuditConfig) -> None:
         raise AuditInputError("--ablate-seeds and --ablate-singles must be >= 0")
     if cfg.band not in BANDS:
         raise AuditInputError(f"--band {cfg.band!r} is not one of {', '.join(BANDS)}")
-    from align.models import ModelLoadError, resolve_dtype
-
     try:
         resolve_dtype(cfg.dtype)
     except ModelLoadError:
@@ -88,10 +91,6 @@ def check_config(cfg: AuditConfig) -> None:
 def model_config(path: str, trust_remote_code: bool = False):
     """The transformers config of the model at `path`; for a PEFT adapter directory (a LoRA run's final/), its base
     model's (transformers loads the adapter onto that base)."""
-    from transformers import AutoConfig
-
-    from align.models import resolve_model_path
-
     resolved = Path(resolve_model_path(path))
     adapter = resolved / "adapter_config.json"
     if adapter.is_file() and not (resolved / "config.json").is_file():
@@ -103,8 +102,6 @@ def model_config(path: str, trust_remote_code: bool = False):
 def check_pair(cfg: AuditConfig) -> tuple[object, object]:
     """Configs and tokenizers of both models, read without weights; AuditInputError when they cannot be compared:
     another architecture (model type, width, depth) or another vocabulary."""
-    from align.models import ModelLoadError, load_tokenizer
-
     configs, tokenizers = [], []
     for flag, path in (("--base", cfg.base), ("--aligned", cfg.aligned)):
         try:
@@ -138,8 +135,6 @@ def read_direction(path: str, num_layers: int, width: int) -> torch.Tensor:
 
 def capture(path: str, tokenizer, sets: dict[str, tuple[PromptSet, str]], cfg: AuditConfig, label: str):
     """Load the model at `path`, capture (L, n, d) activations for every (prompt set, format) of `sets`, free it."""
-    from align.models import load_causal_lm
-
     model = load_causal_lm(path, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
     model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
     out = {name: last_token_activations(model, tokenizer, render(tokenizer, prompts.prompts, fmt),
@@ -199,9 +194,6 @@ def behaviour_scores(prompts: PromptSet, completions: list[str]) -> tuple[str, l
     """(metric, per-prompt 0/1 scores): `accuracy` (boxed answer matches) when every prompt has an answer, else
     `refusal` (a refusal phrase in the completion)."""
     if all(answer is not None for answer in prompts.answers):
-        from align.evaluation import score
-        from align.rewards.verifiers import boxed_match
-
         rows = [{"prompt": p, "answer": a} for p, a in zip(prompts.prompts, prompts.answers)]
         return "accuracy", score(rows, completions, boxed_match)
     lowered = [c.lower() for c in completions]
@@ -220,10 +212,6 @@ def ablation_check(cfg: AuditConfig, tokenizer, bases: dict[int, dict[str, torch
     M_DiD projected out on the band's blocks, single directions u_i, and random k-frames (seeds 0..). Every run's
     per-prompt results go to `out_dir/ablation/<name>.jsonl` (align.gate's per-sample format), so
     `python -m align.gate --baseline baseline.jsonl --candidate <name>.jsonl` tests it item by item."""
-    from align.evaluation import generate_greedy, write_samples
-    from align.gate.stats import mcnemar_exact
-    from align.models import load_causal_lm
-
     layers = band_layers(num_layers, cfg.band)
     k_max = next(iter(bases.values()))["template"].shape[1]  # min(d, n)
     ks = sorted({k for k in cfg.ablate_k if k <= k_max})
