@@ -191,14 +191,35 @@ def disk_full_reported(folder: Path, checkpoint_dir: Path):
 
 class CompleteCheckpoints:
     """Mixin for `transformers.Trainer` subclasses (list it before the Trainer class): marks each checkpoint
-    complete once all of it is on disk, and writes the subclass's extra state into it.
+    complete once all of it is on disk, and saves and restores the subclass's algorithm state.
 
-    Subclasses return their algorithm state from `checkpoint_state()` (file name -> JSON-able dict) and restore it
-    in `_load_optimizer_and_scheduler`, which the Trainer calls with the checkpoint on resume.
+    A method with training state beyond the Trainer's (weights, optimizer, RNGs, step) names its JSON file in
+    `algorithm_state_file` and overrides `algorithm_state()` and `load_algorithm_state(state)`. The file is written
+    into every checkpoint before the completion marker, so the marker records its size and hash like any other
+    file; a resume from a checkpoint without it (a foreign or older checkpoint) fails with a clear error rather than
+    continuing with fresh state.
     """
 
-    def checkpoint_state(self) -> dict[str, dict]:
+    algorithm_state_file: str | None = None  # None: no state beyond the Trainer's
+
+    def algorithm_state(self) -> dict:
+        """The state to checkpoint, JSON-able (serialised at once: it may share objects with the trainer)."""
         return {}
+
+    def load_algorithm_state(self, state: dict) -> None:
+        """Restore what `algorithm_state()` returned (on resume, before training continues)."""
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        # The Trainer calls this with the checkpoint it resumes from (None when it starts afresh).
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if not checkpoint or self.algorithm_state_file is None:
+            return
+        path = Path(checkpoint) / self.algorithm_state_file
+        if not path.is_file():
+            raise FileNotFoundError(f"{checkpoint} has no {self.algorithm_state_file}: it was not written by this "
+                                    f"version of align's {type(self).__name__}, or its save was interrupted. "
+                                    f"Resume from another checkpoint.")
+        self.load_algorithm_state(json.loads(path.read_text()))
 
     def _run_epoch(self, *args, **kwargs):
         # A checkpoint of the last step (a stop signal there or in the final evaluation) resumes with nothing left
@@ -233,9 +254,8 @@ class CompleteCheckpoints:
             super()._save_checkpoint(model, trial)
         finally:
             self.args.save_total_limit = limit
-        if self.args.should_save:
-            for name, state in self.checkpoint_state().items():
-                write_json_atomic(state, folder / name)
+        if self.args.should_save and self.algorithm_state_file is not None:
+            write_json_atomic(self.algorithm_state(), folder / self.algorithm_state_file)
         fsync_tree(folder)  # every rank: what it wrote is on disk before the marker says so (node failures)
         self.accelerator.wait_for_everyone()  # every rank's shards are written
         files = self._digests(folder)
@@ -248,6 +268,7 @@ class CompleteCheckpoints:
     def _digests(self, folder: Path) -> dict[str, dict]:
         """{relative path: {size, sha256}} of every file in the checkpoint; the ranks hash a share each (the
         checkpoint is on a filesystem they all see, as the marker already assumes)."""
+        # Lazy: accelerate loads torch, and the file helpers above serve run_dir and resume=auto without it.
         from accelerate.utils import gather_object
 
         rank, ranks = self.accelerator.process_index, self.accelerator.num_processes

@@ -51,7 +51,7 @@ os.environ.setdefault("ALIGN_CACHE", str(Path.home() / ".cache" / "align"))
 import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from align.config import (  # noqa: E402
+from align.methods.multiref_dpo.config import (  # noqa: E402
     MULTIREF_LOSSES,
     MULTIREF_WEIGHTINGS,
     MultiRefDPOAlgorithmConfig,
@@ -171,12 +171,12 @@ def build_references() -> dict[str, float]:
 def held_out_rows(cfg) -> list[dict]:
     """The run's held-out pairs (truth columns included), minus pairs the run drops for length."""
     from align.data.preferences import load_reward_data
-    from align.methods.multiref_dpo.trainer import tokenize_pairs
+    from align.methods.multiref_dpo.trainer import tokenize_pairs_dropping_long
     from align.models import load_tokenizer
 
     algo = OmegaConf.to_object(cfg).algorithm
     _, rows, _ = load_reward_data(algo.data, "bradley_terry")
-    kept, _, _ = tokenize_pairs(load_tokenizer(POLICY), rows, algo.data.max_length)
+    kept, _, _ = tokenize_pairs_dropping_long(load_tokenizer(POLICY), rows, algo.data.max_length)
     return kept
 
 
@@ -356,13 +356,13 @@ def cost_splits(cfg) -> tuple[object, dict[str, list[dict]], dict[str, list[dict
     """(policy tokenizer, split -> policy token ids, split -> rows): the training and validation pairs exactly as
     `align.train` forms them."""
     from align.data.preferences import load_reward_data
-    from align.methods.multiref_dpo.trainer import carve_validation, tokenize_pairs
+    from align.methods.multiref_dpo.trainer import carve_validation, tokenize_pairs_dropping_long
     from align.models import load_tokenizer
 
     algo = OmegaConf.to_object(cfg).algorithm
     tokenizer = load_tokenizer(POLICY)
     train_rows, _, _ = load_reward_data(algo.data, "bradley_terry")
-    kept, ids, _ = tokenize_pairs(tokenizer, train_rows, algo.data.max_length)
+    kept, ids, _ = tokenize_pairs_dropping_long(tokenizer, train_rows, algo.data.max_length)
     train_idx, val_idx = carve_validation(len(kept), algo.validation_size)
     splits = {"train": train_idx, "validation": val_idx}
     return (tokenizer, {name: [ids[i] for i in idx] for name, idx in splits.items()},

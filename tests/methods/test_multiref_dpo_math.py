@@ -9,12 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from align.methods.multiref_dpo.trainer import (
+from align.methods.multiref_dpo.math import (
     ThompsonSampling,
     accuracy_weights,
     arwc_weights,
     build_weighting,
     discrimination_weights,
+    implicit_reward_margins,
     mdpo_loss,
     mrpo_loss,
     sequence_logps,
@@ -232,8 +233,6 @@ def test_thompson_needs_an_arm_and_an_outcome():
 
 
 def test_implicit_reward_margins_per_loss():
-    from align.methods.multiref_dpo.trainer import implicit_reward_margins
-
     chosen, rejected = t([POLICY_CHOSEN]), t([POLICY_REJECTED])
     ref_chosen, ref_rejected = t([P_CHOSEN]).log(), t([P_REJECTED]).log()
     mrpo = implicit_reward_margins("mrpo", chosen, rejected, ref_chosen, ref_rejected, t(ALPHA), BETA)

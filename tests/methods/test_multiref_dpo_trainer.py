@@ -12,10 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from align.config import MultiRefDPOAlgorithmConfig, ReferenceModelConfig
 from align.data.preferences import synthetic_preferences
+from align.methods.multiref_dpo.config import MultiRefDPOAlgorithmConfig, ReferenceModelConfig
 from align.methods.multiref_dpo.references import ReferenceLogps, pair_token_ids, reference_logps
-from align.methods.multiref_dpo.trainer import build_multiref_dpo_trainer, pairs_dataset, tokenize_pairs
+from align.methods.multiref_dpo.trainer import (
+    build_multiref_dpo_trainer,
+    pairs_dataset,
+    tokenize_pairs_dropping_long,
+)
 from align.models import TINY, load_causal_lm, load_tokenizer, resolve_model_path
 
 BETA = 0.5
@@ -40,7 +44,7 @@ def common_args(tmp_path: Path, **extra) -> dict:
 
 def our_trainer(tmp_path, rows, references, *, normalize: bool, loss: str = "mdpo", weighting: str = "uniform"):
     tokenizer = load_tokenizer(TINY)
-    rows, ids, _ = tokenize_pairs(tokenizer, rows, 512)
+    rows, ids, _ = tokenize_pairs_dropping_long(tokenizer, rows, 512)
     scored = [score(r, rows, normalize=normalize, batch_size=3, cache_dir=tmp_path / "cache")
               for r in references]
     algo = MultiRefDPOAlgorithmConfig(references=[r.path for r in references], loss=loss, weighting=weighting,
@@ -188,7 +192,7 @@ def test_tokenize_pairs_drops_pairs_over_max_length():
     tokenizer = load_tokenizer(TINY)
     rows = preference_rows(5)
     rows[2] = {**rows[2], "rejected": "x" * 400}
-    kept, ids, dropped = tokenize_pairs(tokenizer, rows, 200)
+    kept, ids, dropped = tokenize_pairs_dropping_long(tokenizer, rows, 200)
     assert dropped == 1 and len(kept) == len(ids) == 4 and rows[2] not in kept
 
 
@@ -199,7 +203,7 @@ def small_run(tmp_path: Path, weighting: str, **args):
     copy), batches of 4."""
     rows = preference_rows(64, seed=5)
     tokenizer = load_tokenizer(TINY)
-    rows, ids, _ = tokenize_pairs(tokenizer, rows, 512)
+    rows, ids, _ = tokenize_pairs_dropping_long(tokenizer, rows, 512)
     references = [ReferenceModelConfig(path=TINY), ReferenceModelConfig(path=perturbed_copy(tmp_path))]
     splits = {"train": list(range(48)), "validation": list(range(48, 64))}
     datasets = {}
@@ -313,7 +317,7 @@ def test_resume_refuses_a_checkpoint_without_strategy_state(tmp_path):
 def one_reference_pairs(tmp_path: Path, n: int):
     """(policy tokenizer, a training dataset of n pairs scored by the tiny model as the one reference)."""
     tokenizer = load_tokenizer(TINY)
-    rows, ids, _ = tokenize_pairs(tokenizer, preference_rows(n), 512)
+    rows, ids, _ = tokenize_pairs_dropping_long(tokenizer, preference_rows(n), 512)
     return tokenizer, pairs_dataset(ids, [score(ReferenceModelConfig(path=TINY), rows, normalize=True,
                                                 batch_size=8, cache_dir=tmp_path / "cache")])
 

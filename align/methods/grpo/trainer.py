@@ -21,9 +21,7 @@ next to TRL's own `reward`, `reward_std`, `rewards/<source>/mean`, `kl`, `entrop
 
 from __future__ import annotations
 
-import json
 import math
-import os
 
 import torch
 from accelerate.utils import gather_object
@@ -152,23 +150,16 @@ class AlignGRPOTrainer(CompleteCheckpoints, GRPOTrainer):
             self._metrics["train"]["groups/never_solved_frac"].append(self.solved_prompts.never_solved_frac())
         return rewards_per_func
 
-    # --- training state beyond TRL's: saved in every checkpoint, restored on resume -------------------------------
+    # --- training state beyond TRL's: saved in every checkpoint, restored on resume (CompleteCheckpoints) ----------
 
-    def checkpoint_state(self) -> dict[str, dict]:
-        """File name -> JSON state; subclasses add their own."""
-        return {"prompt_stats.json": self.solved_prompts.state_dict()}
+    algorithm_state_file = "prompt_stats.json"
 
-    def _load_algorithm_state(self, name: str, state: dict) -> None:
-        if name == "prompt_stats.json":
-            self.solved_prompts.load_state_dict(state)
+    def algorithm_state(self) -> dict:
+        """The prompts seen and solved so far (groups/never_solved_frac); subclasses add their own state."""
+        return self.solved_prompts.state_dict()
 
-    def _load_optimizer_and_scheduler(self, checkpoint):
-        super()._load_optimizer_and_scheduler(checkpoint)
-        for name in self.checkpoint_state() if checkpoint else ():
-            path = os.path.join(checkpoint, name)
-            if os.path.exists(path):
-                with open(path) as f:
-                    self._load_algorithm_state(name, json.load(f))
+    def load_algorithm_state(self, state: dict) -> None:
+        self.solved_prompts.load_state_dict(state)
 
     def _rewards_per_func(self, inputs, prompts, completions, completion_ids_list) -> torch.Tensor:
         """Rewards of every process's completions, shape (total, num_sources): TRL's scoring, timed."""

@@ -28,9 +28,23 @@ import time
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+from huggingface_hub import HfApi, snapshot_download
+from safetensors.torch import load_file, save_file
+from trl.trainer.utils import add_fused_lm_head
 
 from align.console import phase_progress
 from align.distributed import local_device
+from align.methods.multiref_dpo.math import sequence_logps
+from align.models import (
+    ModelLoadError,
+    bf16_available,
+    load_causal_lm,
+    load_tokenizer,
+    outside_zero3_init,
+    resolve_dtype,
+    resolve_model_path,
+)
 from align.tokens import chat_ids
 
 log = logging.getLogger("align")
@@ -91,18 +105,12 @@ def pinned_revision(path: str, revision: str | None = None) -> str | None:
     fingerprint and the weights actually loaded are the same commit; local paths keep `revision` as given.
 
     Raises ModelLoadError when a hub name can be resolved neither online nor from the local hub cache."""
-    from align.models import ModelLoadError, resolve_model_path
-
     if Path(resolve_model_path(path)).is_dir():
         return revision
     try:
-        from huggingface_hub import HfApi
-
         return HfApi().model_info(path, revision=revision).sha
     except Exception:  # noqa: BLE001 - offline, or the hub is unreachable: the commit cached locally
         try:
-            from huggingface_hub import snapshot_download
-
             return Path(snapshot_download(path, revision=revision, local_files_only=True,
                                           allow_patterns=["*.json"])).name  # the snapshot folder is the commit
         except Exception as err:  # noqa: BLE001
@@ -114,8 +122,6 @@ def pinned_revision(path: str, revision: str | None = None) -> str | None:
 def model_fingerprint(path: str, revision: str | None = None) -> str:
     """A string that changes whenever the weights `path` names may have changed (see the module docstring); for a
     hub name `revision` should be the commit from `pinned_revision`."""
-    from align.models import resolve_model_path
-
     local = Path(resolve_model_path(path))
     if not local.is_dir():
         return f"hub:{path}@{revision}"
@@ -147,8 +153,6 @@ def score_sequences(model, sequences: list[tuple[list[int], list[int]]], *, batc
     `normalize`). Batches are formed over length-sorted sequences to keep padding small. `model` must carry TRL's
     fused LM head (`trl.trainer.utils.add_fused_lm_head`), so no (batch, length, vocab) logits are built.
     `progress`: the name of a progress bar over the batches (`align.console.phase_progress`), None for none."""
-    from align.methods.multiref_dpo.trainer import sequence_logps
-
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i][0]) + len(sequences[i][1]))
     out = torch.empty(len(sequences), dtype=torch.float64)
     for start in phase_progress(range(0, len(order), batch_size), progress):
@@ -173,8 +177,6 @@ def score_sequences(model, sequences: list[tuple[list[int], list[int]]], *, batc
 
 
 def _distributed() -> tuple[int, int]:
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
@@ -182,8 +184,6 @@ def _distributed() -> tuple[int, int]:
 
 def _gathered(value) -> list:
     """`value` from every process, in rank order (a single process: [value])."""
-    import torch.distributed as dist
-
     rank, world = _distributed()
     if world == 1:
         return [value]
@@ -193,8 +193,6 @@ def _gathered(value) -> list:
 
 
 def _write_atomic(path: Path, chosen: torch.Tensor, rejected: torch.Tensor, metadata: dict[str, str]) -> None:
-    from safetensors.torch import save_file
-
     path.parent.mkdir(parents=True, exist_ok=True)
     # A unique staging name: first processes of several nodes may write the same entry into a shared directory.
     handle, staging = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
@@ -204,8 +202,6 @@ def _write_atomic(path: Path, chosen: torch.Tensor, rejected: torch.Tensor, meta
 
 
 def _read(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    from safetensors.torch import load_file
-
     tensors = load_file(str(path))
     return tensors["chosen"], tensors["rejected"]
 
@@ -219,8 +215,6 @@ def reference_logps(reference, splits: dict[str, list[dict]], *, normalize: bool
     check that they fingerprint the reference identically (else they would train against different numbers); each
     then scores its share of the rows, every process gets the full result, and the first process of each node
     writes the cache entries (so nodes without a shared cache directory each keep a copy)."""
-    from align.models import bf16_available, load_tokenizer, resolve_dtype
-
     started = time.perf_counter()
     revision = pinned_revision(reference.path, reference.revision)
     tokenizer = load_tokenizer(reference.path, revision=revision, trust_remote_code=reference.trust_remote_code,
@@ -258,10 +252,6 @@ def _score_splits(reference, revision: str | None, dtype: str, tokenizer, pairs:
                   normalize: bool, batch_size: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Load the reference once, score this process's share of every split's pairs, free it, and assemble every
     process's shares: split name -> (N,) chosen and rejected log-probs."""
-    from trl.trainer.utils import add_fused_lm_head
-
-    from align.models import load_causal_lm, outside_zero3_init
-
     rank, world = _distributed()
     device = local_device()
     with outside_zero3_init():
@@ -292,7 +282,5 @@ def _score_splits(reference, revision: str | None, dtype: str, tokenizer, pairs:
 
 
 def _barrier() -> None:
-    import torch.distributed as dist
-
     if _distributed()[1] > 1:
         dist.barrier()

@@ -136,14 +136,15 @@ class AlignSAGETrainer(AlignGRPOTrainer):
         local, self._final_rewards = self._final_rewards, None
         return self.accelerator.gather(local)  # scored during the rollout, on the unhinted prompts
 
-    def checkpoint_state(self) -> dict[str, dict]:
-        return {**super().checkpoint_state(), STATE_FILE: self.hint_state.state_dict()}
+    algorithm_state_file = STATE_FILE
 
-    def _load_algorithm_state(self, name: str, state: dict) -> None:
-        if name == STATE_FILE:
-            self.hint_state.load_state_dict(state)
-        else:
-            super()._load_algorithm_state(name, state)
+    def algorithm_state(self) -> dict:
+        """SAGE-LIGHT's levels and last hints, and GRPO's prompt statistics under `prompt_stats`."""
+        return {**self.hint_state.state_dict(), "prompt_stats": super().algorithm_state()}
+
+    def load_algorithm_state(self, state: dict) -> None:
+        self.hint_state.load_state_dict(state)
+        super().load_algorithm_state(state["prompt_stats"])
 
     # --- schedules -------------------------------------------------------------------------------------------------
 
