@@ -317,7 +317,7 @@ def _report(summary: dict, trainer, held_out, metrics: tuple[str, ...], config: 
               f"{summary['accuracy_after']:.3f}", flush=True)
         if config.eval.gate:
             added["gate"] = _gate_final_against_start(run.dir, config.eval.gate_alpha)
-    if held_out is not None and config.eval.audit:
+    if config.eval.audit and not metrics:  # a policy trained on prompts (the others report their `metrics`)
         added["audit"] = _audit_final_against_start(config, run.model_path, run.dir)
     print(f"[align] final model: {summary['final_model']}\n[align] plot: {added['plot']}", flush=True)
     return added
