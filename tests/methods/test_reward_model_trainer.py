@@ -3,6 +3,7 @@ anchors, CausalRM's auxiliary estimates, the reward source and its use by GRPO."
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 
@@ -18,6 +19,7 @@ from align.methods.reward_model.trainer import (
     AlignRewardTrainer,
     attach_anchors,
     build_reward_model_trainer,
+    features_on_every_process,
     tokenize_rows,
 )
 from align.models import TINY, load_tokenizer
@@ -236,9 +238,10 @@ def feedback_rows(tokenizer, n: int) -> list[dict]:
 def test_causal_rm_inputs_estimate_propensities_noise_rates_and_imputations(tokenizer):
     model = load_reward_model(TINY, "causal_rm")
     rows = [{k: v for k, v in r.items() if k != "propensity"} for r in feedback_rows(tokenizer, 300)]
-    info = causal_rm_inputs(model, rows, tokenizer.pad_token_id, noise_correction=True, rho=(None, None),
-                            noise_quantile=0.97, propensity_weighting=True, doubly_robust=True, clip=(0.1, 1.0),
-                            l2=1e-2)
+    features = functools.partial(features_on_every_process, model, [r["input_ids"] for r in rows],
+                                 tokenizer.pad_token_id)
+    info = causal_rm_inputs(features, rows, noise_correction=True, rho=(None, None), noise_quantile=0.97,
+                            propensity_weighting=True, doubly_robust=True, clip=(0.1, 1.0), l2=1e-2)
     assert info["rho_estimated"] and 0 <= info["rho_01"] and 0 <= info["rho_10"] and \
         info["rho_01"] + info["rho_10"] < 1
     observed_share = sum(r["observed"] for r in rows) / len(rows)
@@ -249,9 +252,9 @@ def test_causal_rm_inputs_estimate_propensities_noise_rates_and_imputations(toke
 
 def test_causal_rm_given_rates_and_propensities_use_them_and_naive_keeps_observed_rows(tokenizer, tmp_path):
     rows = feedback_rows(tokenizer, 200)
-    given = causal_rm_inputs(None, [dict(r) for r in rows], tokenizer.pad_token_id, noise_correction=True,
-                             rho=(0.2, 0.1), noise_quantile=0.97, propensity_weighting=True, doubly_robust=False,
-                             clip=(0.1, 1.0), l2=1e-3)  # nothing to fit: the model is never touched
+    given = causal_rm_inputs(None, [dict(r) for r in rows], noise_correction=True, rho=(0.2, 0.1),
+                             noise_quantile=0.97, propensity_weighting=True, doubly_robust=False, clip=(0.1, 1.0),
+                             l2=1e-3)  # nothing to fit: the features are never computed
     assert (given["rho_01"], given["rho_10"], given["rho_estimated"]) == (0.2, 0.1, False)
     raw = [{"prompt": to_messages(r["prompt"], None), "response": r["response"], "observed": r["observed"],
             "label": r["label"] or 0} for r in synthetic_feedback(64, seed=0)]

@@ -11,14 +11,11 @@ estimates that sum to >= 1 (the noisy-label model does not separate the classes)
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from accelerate import PartialState
-from accelerate.utils import gather
 
 from align.methods.reward_model.math import imputed_clean_probability
 from align.tokens import pad_right
@@ -94,31 +91,25 @@ def logistic_logits(features: torch.Tensor, coef: torch.Tensor, bias: torch.Tens
 
 @torch.no_grad()
 def last_token_features(model, sequences: list[list[int]], pad_token_id: int, batch_size: int = 32) -> torch.Tensor:
-    """(N, H) float32 CPU: the backbone's final hidden state at the position the reward head reads (the rightmost
-    token that is not the pad token: transformers' rule for sequence classification).
-
-    Moves the model to this process's device (where the trainer would put it anyway). Each process computes a
-    contiguous shard and the shards are all-gathered, so every process ends with the same matrix. The model must not
-    be sharded yet (it is not, before the trainer is built)."""
-    state = PartialState()
-    shard = math.ceil(len(sequences) / state.num_processes)
-    mine = sequences[state.process_index * shard:(state.process_index + 1) * shard]
-    model.to(state.device)
+    """(N, H) float32 on the model's device, row i for sequences[i]: the backbone's final hidden state at the position
+    the reward head reads (the rightmost token that is not the pad token: transformers' rule for sequence
+    classification). Runs in eval mode, in batches of similar lengths, and leaves the model's mode as it was."""
+    device = next(model.parameters()).device
     backbone = getattr(model, model.base_model_prefix)
     was_training = model.training
     model.eval()
-    out = torch.zeros((shard, model.config.get_text_config().hidden_size), dtype=torch.float32, device=state.device)
-    order = sorted(range(len(mine)), key=lambda i: len(mine[i]))  # similar lengths together: less padding
+    out = torch.zeros((len(sequences), model.config.get_text_config().hidden_size), dtype=torch.float32,
+                      device=device)
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))  # similar lengths together: less padding
     for start in range(0, len(order), batch_size):
-        index = torch.tensor(order[start:start + batch_size], device=state.device)
-        ids, mask = (t.to(state.device) for t in pad_right([mine[i] for i in index.tolist()], pad_token_id))
+        index = torch.tensor(order[start:start + batch_size], device=device)
+        ids, mask = (t.to(device) for t in pad_right([sequences[i] for i in index.tolist()], pad_token_id))
         states = backbone(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
         positions = torch.arange(ids.shape[1], device=ids.device)
         read = (positions * (ids != pad_token_id)).argmax(-1)
         out[index] = states[torch.arange(len(index), device=ids.device), read].float()
     model.train(was_training)
-    features = gather(out) if state.num_processes > 1 else out
-    return features[:len(sequences)].cpu()
+    return out
 
 
 def principal_components(features: torch.Tensor, k: int = 64, seed: int = 0) -> torch.Tensor:
@@ -154,28 +145,28 @@ def cross_fitted_logits(features: torch.Tensor, targets: torch.Tensor, fit_rows:
     return logits
 
 
-def causal_rm_inputs(model, rows: list[dict], pad_token_id: int, *, noise_correction: bool,
+def causal_rm_inputs(features: Callable[[], torch.Tensor], rows: list[dict], *, noise_correction: bool,
                      rho: tuple[float | None, float | None], noise_quantile: float, propensity_weighting: bool,
                      doubly_robust: bool, clip: Sequence[float], l2: float, seed: int = 0) -> dict:
     """Fill each row's `propensity` (unless the data gave one) and, for doubly robust, `imputed`; return the noise
     rates and what to record: {"rho_01", "rho_10", "rho_estimated", "propensity_min/max/mean"}.
 
-    The auxiliary models are logistic regressions on the top principal components of the frozen initial backbone's
-    features (`last_token_features`, `principal_components`), cross-fitted (`cross_fitted_logits`): the propensity
-    model predicts `observed` from every row; the noisy-label model predicts the observed label from the observed
-    rows, weighted by 1 / clipped propensity when propensity weighting is on (so it estimates P(y~ = 1 | x) over all
-    rows, not just those users chose to rate). Its logits give the noise rates (`estimate_noise_rates`) and, through
+    features  () -> (N, H) frozen features of the rows (`last_token_features` of the initial model, the same on
+              every process), called only when a model must be fitted: it costs a forward pass over every row.
+    The auxiliary models are logistic regressions on the top principal components of those features
+    (`principal_components`), cross-fitted (`cross_fitted_logits`): the propensity model predicts `observed` from
+    every row; the noisy-label model predicts the observed label from the observed rows, weighted by 1 / clipped
+    propensity when propensity weighting is on (so it estimates P(y~ = 1 | x) over all rows, not just those users
+    chose to rate). Its logits give the noise rates (`estimate_noise_rates`) and, through
     `imputed_clean_probability`, the doubly robust imputation.
     """
     observed = torch.tensor([r["observed"] for r in rows], dtype=torch.float64)
     need_propensity = propensity_weighting and "propensity" not in rows[0]
     need_noise_model = (noise_correction and None in rho) or doubly_robust
-    features = None
     if need_propensity or need_noise_model:
-        features = principal_components(last_token_features(model, [r["input_ids"] for r in rows], pad_token_id),
-                                        seed=seed)
+        components = principal_components(features(), seed=seed)
     if need_propensity:
-        logits = cross_fitted_logits(features, observed, torch.ones_like(observed, dtype=torch.bool), l2=l2,
+        logits = cross_fitted_logits(components, observed, torch.ones_like(observed, dtype=torch.bool), l2=l2,
                                      seed=seed)
         for row, p in zip(rows, torch.sigmoid(logits).tolist()):
             row["propensity"] = min(max(p, 1e-6), 1.0)
@@ -188,7 +179,7 @@ def causal_rm_inputs(model, rows: list[dict], pad_token_id: int, *, noise_correc
     if need_noise_model:
         weights = 1.0 / propensity.clamp(*clip) if propensity_weighting else torch.ones_like(propensity)
         labels = torch.tensor([r["label"] for r in rows], dtype=torch.float64)
-        noisy_logits = cross_fitted_logits(features, labels, observed.bool(), weights, l2=l2, seed=seed)
+        noisy_logits = cross_fitted_logits(components, labels, observed.bool(), weights, l2=l2, seed=seed)
         if noise_correction and None in rho:
             rho_01, rho_10 = estimate_noise_rates(noisy_logits, 1.0 - noise_quantile, noise_quantile)
         if doubly_robust:

@@ -7,9 +7,10 @@ from __future__ import annotations
 from align.config import AlignConfig
 from align.data.preferences import load_reward_data
 from align.methods.common import training_arguments
-from align.methods.reward_model.trainer import build_reward_model_trainer, load_reward_model
+from align.methods.reward_model.trainer import build_reward_model_trainer
 from align.preemption import STOP
 from align.registry import Built, Prepared, RunContext
+from align.rewards.reward_model import load_reward_model
 
 
 def prepare(config: AlignConfig, tokenizer) -> Prepared:

@@ -1,4 +1,4 @@
-"""The reward-model method: TRL's RewardTrainer with align's objectives, and the builder `align.train` calls.
+"""The reward-model method: TRL's RewardTrainer with align's objectives, and the builder the run steps call.
 
 Three objectives (`algorithm.objective`), their math in `align.methods.reward_model.math`:
 - bradley_terry: TRL's pairwise loss on a one-output head (`AlignRewardTrainer`);
@@ -8,26 +8,32 @@ Three objectives (`algorithm.objective`), their math in `align.methods.reward_mo
   imputed labels from the auxiliary models in `align.methods.reward_model.causal`, fitted before the trainer exists.
 
 Here: the collator (`RewardCollator`), the two trainers (only `compute_loss` and the held-out metrics change), the
-rows' tokenization (`tokenize_rows`), anchors (`attach_anchors`) and `build_reward_model_trainer`. The model itself
-is loaded by `align.rewards.reward_model.load_reward_model`, which also defines the checkpoint format scoring reads;
-the builder records what scoring needs under its `CONFIG_KEY`.
+rows' tokenization (`tokenize_rows`), anchors (`attach_anchors`), CausalRM's feature pass across processes
+(`features_on_every_process`) and `build_reward_model_trainer`. The model itself is loaded by
+`align.rewards.reward_model.load_reward_model`, which also defines the checkpoint format scoring reads; the builder
+records what scoring needs under its `CONFIG_KEY`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
+import math
 from collections.abc import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from accelerate import PartialState
+from accelerate.utils import gather
 from datasets import Dataset
 from trl import RewardConfig, RewardTrainer
 
 from align.checkpoints import CompleteCheckpoints
 from align.data import DataError
-from align.methods.reward_model.causal import causal_rm_inputs
+from align.methods.reward_model.causal import causal_rm_inputs, last_token_features
 from align.methods.reward_model.math import (
     DEFAULT_LAMBDA,
     DEFAULT_PROPENSITY_CLIP,
@@ -312,6 +318,20 @@ def attach_anchors(train: list[dict], held_out: list[dict], count: int, percenti
     return info
 
 
+def features_on_every_process(model, sequences: list[list[int]], pad_token_id: int) -> torch.Tensor:
+    """(N, H) float32 CPU `last_token_features`, the same on every process: each process computes a contiguous shard
+    on its device (where the trainer would put the model anyway) and the shards are all-gathered. The model must not
+    be sharded yet (it is not, before the trainer is built)."""
+    state = PartialState()
+    shard = math.ceil(len(sequences) / state.num_processes)
+    model.to(state.device)
+    mine = last_token_features(model, sequences[state.process_index * shard:(state.process_index + 1) * shard],
+                               pad_token_id)
+    mine = F.pad(mine, (0, 0, 0, shard - len(mine)))  # the last shard may be short; the all-gather needs equal ones
+    features = gather(mine) if state.num_processes > 1 else mine
+    return features[:len(sequences)].cpu()
+
+
 @contextlib.contextmanager
 def _as_data_error():
     """Anchors or noise rates the data cannot support (a constant score, classes that never occur, noise-rate
@@ -370,8 +390,10 @@ def build_reward_model_trainer(model, tokenizer, train_rows: list[dict], held_ou
         raise ValueError(f"No training row fits algorithm.data.max_length {data.max_length}; raise it.")
     if objective == "causal_rm":
         c = algo.causal
+        features = functools.partial(features_on_every_process, model, [row["input_ids"] for row in train],
+                                     tokenizer.pad_token_id)
         with _as_data_error():
-            record.update(causal_rm_inputs(model, train, tokenizer.pad_token_id, noise_correction=c.noise_correction,
+            record.update(causal_rm_inputs(features, train, noise_correction=c.noise_correction,
                                            rho=(c.rho_01, c.rho_10), noise_quantile=c.noise_quantile,
                                            propensity_weighting=c.propensity_weighting,
                                            doubly_robust=c.doubly_robust, clip=c.propensity_clip, l2=c.aux_l2,
