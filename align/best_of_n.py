@@ -34,8 +34,8 @@ Progress goes to stderr, one line per batch, then a summary: the mean selected r
 candidates (the best-of-N gain). Every argument, path and reward model is checked before any model is loaded; a
 problem prints one line `align: error: ...` and exits with code 2.
 
-Library: `select_best` (the pure selection step), `selection_keys`, `sample_completions`, and `best_of_n`, which the
-CLI wraps.
+Library: `select_best` (the pure selection step), `selection_keys`, and `best_of_n`, which the CLI wraps; it
+generates through `align.generation`, as held-out evaluation does.
 """
 
 from __future__ import annotations
@@ -51,8 +51,8 @@ from typing import Callable
 
 import torch
 
-__all__ = ["BestOfNError", "best_of_n", "main", "parse_select", "sample_completions", "select_best",
-           "selection_keys", "summarize", "write_jsonl"]
+__all__ = ["BestOfNError", "best_of_n", "main", "parse_select", "select_best", "selection_keys", "summarize",
+           "write_jsonl"]
 
 
 class BestOfNError(ValueError):
@@ -88,7 +88,7 @@ def selection_keys(mu: torch.Tensor, sigma: torch.Tensor | None, quantile: float
     if sigma is None:
         raise BestOfNError(f"a scalar reward model has no sigma, so it cannot select by quantile {quantile}; use "
                            f"--select mean or a Gaussian (gaussian_anchor) reward model.")
-    from align.methods.reward_model.trainer import quantile_reward
+    from align.rewards.gaussian import quantile_reward  # lazy: align.rewards imports transformers, too slow for --help
 
     return quantile_reward(mu, sigma, quantile)
 
@@ -129,27 +129,6 @@ def _check_sampling(n: int, temperature: float, top_p: float, max_new_tokens: in
         raise BestOfNError(f"--batch-size must be >= 1; got {batch_size}.")
 
 
-@torch.no_grad()
-def sample_completions(policy, tokenizer, prompts: list[list[dict]], n: int, *, temperature: float = 1.0,
-                       top_p: float = 1.0, max_new_tokens: int = 256) -> list[str]:
-    """len(prompts) * n completions (new tokens only, special tokens skipped), prompt-major: the n samples of
-    prompts[0] first. One `generate` call: the caller batches and seeds. temperature 0 decodes greedily (n == 1)."""
-    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
-    device = next(policy.parameters()).device
-    if temperature > 0:  # top_k=0: transformers would otherwise cut to the 50 likeliest tokens
-        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
-    else:
-        sampling = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-    padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"  # new tokens start at one column
-    try:
-        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-        output = policy.generate(**batch, num_return_sequences=n, max_new_tokens=max_new_tokens,
-                                 pad_token_id=tokenizer.pad_token_id, **sampling)
-    finally:
-        tokenizer.padding_side = padding_side
-    return tokenizer.batch_decode(output[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-
-
 def best_of_n(policy, tokenizer, scorer, prompts: list[list[dict]], n: int, *, select: str | float = "mean",
               temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 256, batch_size: int = 16,
               seed: int | None = 0, progress: Callable[[int, int], None] | None = None) -> list[dict]:
@@ -169,13 +148,15 @@ def best_of_n(policy, tokenizer, scorer, prompts: list[list[dict]], n: int, *, s
     _check_sampling(n, temperature, top_p, max_new_tokens, batch_size)
     if quantile is not None and getattr(scorer, "gaussian", None) is False:
         selection_keys(torch.zeros(1), None, quantile)  # raises the scalar-model error now, not after generating
+    from align.generation import Decoding, chat_prompt_ids, generate  # lazy: imports TRL, too slow for --help
+
+    decoding = Decoding(max_new_tokens, temperature=temperature, top_p=top_p, num_return_sequences=n)
     if seed is not None:
         torch.manual_seed(seed)
     rows: list[dict] = []
     for start in range(0, len(prompts), batch_size):
         batch = prompts[start:start + batch_size]
-        completions = sample_completions(policy, tokenizer, batch, n, temperature=temperature, top_p=top_p,
-                                         max_new_tokens=max_new_tokens)
+        completions = generate(policy, tokenizer, chat_prompt_ids(tokenizer, batch), decoding).texts(tokenizer)
         mu, sigma = scorer.score([p for p in batch for _ in range(n)], completions, batch_size)
         keys = selection_keys(mu, sigma, quantile)
         chosen = select_best(keys.view(len(batch), n)).tolist()
@@ -264,7 +245,7 @@ def _validate(args: argparse.Namespace) -> float | None:
         raise BestOfNError(f"--reward-model '{args.reward_model}' is not a reward model checkpoint (no config.json "
                            f"there); give the final/ or a checkpoint-N/ directory of an algorithm=reward_model run.")
     if quantile is not None:
-        from align.methods.reward_model.trainer import CONFIG_KEY
+        from align.rewards.reward_model import CONFIG_KEY  # lazy: imports transformers, too slow for --help
 
         try:
             head = json.loads(config_file.read_text()).get(CONFIG_KEY, {}).get("head")

@@ -10,8 +10,16 @@ import pytest
 import torch
 from transformers import LogitsProcessor
 
-from align.generation import (Decoding, Generated, chat_prompt_ids, fill_to, generate, generation_model,
-                              sampling_kwargs, stop_token_ids)
+from align.generation import (
+    Decoding,
+    Generated,
+    chat_prompt_ids,
+    fill_to,
+    generate,
+    generation_model,
+    sampling_kwargs,
+    stop_token_ids,
+)
 from align.models import TINY, load_causal_lm, load_tokenizer, resolve_model_path
 
 PROMPTS = [[{"role": "user", "content": "What is 12 + 30?"}], [{"role": "user", "content": "Say hi"}],

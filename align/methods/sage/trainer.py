@@ -50,6 +50,7 @@ from transformers.utils import logging
 from trl.chat_template_utils import parse_response
 from trl.data_utils import is_conversational
 
+from align.generation import chat_prompt_ids, fill_to, sampling_kwargs
 from align.methods.grpo.trainer import AlignGRPOTrainer, build_grpo_trainer
 from align.methods.sage.config import SAGEAlgorithmConfig
 from align.methods.sage.hints import hint_request, leaks_answer, parse_hints, question_text, with_hint
@@ -308,7 +309,9 @@ class AlignSAGETrainer(AlignGRPOTrainer):
         if width == 0:
             return [], [], None
         filler = messages[0] if messages else self._rows[0]["prompt"]
-        prompt_ids, _, _ = self._tokenize_prompts(messages + [filler] * (width - len(messages)))
+        # TRL's own rendering for text-only prompts without tools (SAGE refuses tools, environments and VLMs).
+        prompt_ids = chat_prompt_ids(self.processing_class, fill_to(messages, width, filler),
+                                     **self.chat_template_kwargs)
         with self._phases("hint_generation"):
             completion_ids, logprobs = self._generate_single_turn(prompt_ids, None, {}, num_generations)
         return list(prompt_ids), list(completion_ids), None if logprobs is None else list(logprobs)
@@ -333,11 +336,8 @@ class AlignSAGETrainer(AlignGRPOTrainer):
                 backend.temperature, backend.max_completion_length = saved
             return
         saved = self.generation_config, self.generation_kwargs
-        kwargs = {**self.generation_kwargs, "max_new_tokens": max_tokens}
-        if temperature == 0:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None, min_p=None)
-        else:
-            kwargs.update(do_sample=True, temperature=temperature)
+        # Sampling keeps the trainer's top_p / top_k; greedy unsets them.
+        kwargs = {**self.generation_kwargs, "max_new_tokens": max_tokens, **sampling_kwargs(temperature)}
         self.generation_kwargs = kwargs
         self.generation_config = GenerationConfig(**kwargs, disable_compile=True)
         try:
