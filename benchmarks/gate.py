@@ -60,6 +60,7 @@ def confidence_cost(pairs: int) -> dict:
 
     from align.data.synthetic import arithmetic
     from align.evaluation import generate_greedy
+    from align.generation import Decoding, chat_prompt_ids, generate
     from align.models import ensure_tiny
 
     path = ensure_tiny()
@@ -67,13 +68,8 @@ def confidence_cost(pairs: int) -> dict:
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     prompts = [row["prompt"] for row in arithmetic(64, seed=1)]
 
-    @torch.no_grad()
-    def plain():
-        texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
-        tokenizer.padding_side = "left"
-        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        model.generate(**batch, do_sample=False, max_new_tokens=48, pad_token_id=tokenizer.pad_token_id,
-                       temperature=None, top_p=None, top_k=None)
+    def plain():  # the same generation helper, without the confidence recorder
+        generate(model, tokenizer, chat_prompt_ids(tokenizer, prompts), Decoding(max_new_tokens=48))
 
     def with_confidence():
         generate_greedy(model, tokenizer, prompts, max_new_tokens=48, batch_size=64)
