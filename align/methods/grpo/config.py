@@ -72,12 +72,17 @@ def generation_batch_size(algo: GRPOAlgorithmConfig, trainer: TrainerConfig, pro
                   f"{source} {steps} = {size}")
 
 
-def generation_cycle_steps(algo: GRPOAlgorithmConfig, trainer: TrainerConfig) -> int:
+def cycle_steps(steps_per_generation: int, num_iterations: int, gradient_accumulation_steps: int) -> int:
     """Optimizer steps after which a GRPO generation is used up (TRL reuses one generated batch for
     steps_per_generation x num_iterations micro-batches): the steps where a checkpoint holds no buffered rollout."""
+    micro_steps = steps_per_generation * num_iterations
+    return micro_steps // math.gcd(micro_steps, gradient_accumulation_steps)
+
+
+def generation_cycle_steps(algo: GRPOAlgorithmConfig, trainer: TrainerConfig) -> int:
+    """`cycle_steps` of a config (steps_per_generation defaults to gradient_accumulation_steps)."""
     accumulation = trainer.gradient_accumulation_steps
-    micro_steps = (algo.steps_per_generation or accumulation) * algo.num_iterations
-    return micro_steps // math.gcd(micro_steps, accumulation)
+    return cycle_steps(algo.steps_per_generation or accumulation, algo.num_iterations, accumulation)
 
 
 def check_grpo(cfg: AlignConfig, processes: int) -> None:

@@ -21,8 +21,6 @@ next to TRL's own `reward`, `reward_std`, `rewards/<source>/mean`, `kl`, `entrop
 
 from __future__ import annotations
 
-import math
-
 import torch
 from accelerate.utils import gather_object
 from transformers import TrainerCallback
@@ -30,7 +28,7 @@ from trl import GRPOConfig, GRPOTrainer
 from trl.trainer.utils import RepeatSampler
 
 from align.checkpoints import CompleteCheckpoints
-from align.methods.grpo.config import GRPOAlgorithmConfig
+from align.methods.grpo.config import GRPOAlgorithmConfig, cycle_steps
 from align.rollout import SolvedPrompts, combine_rewards, group_stats, prompt_key
 from align.timing import PhaseTimer
 from align.tracking import RedactedArguments
@@ -90,9 +88,7 @@ class AlignGRPOTrainer(CompleteCheckpoints, GRPOTrainer):
     def checkpoint_step_multiple(self) -> int:
         """Optimizer steps per generation cycle: a preemption stops (and checkpoints) only at a multiple of it, where
         no generated batch is buffered (TRL does not checkpoint its buffer)."""
-        accumulation = self.args.gradient_accumulation_steps
-        micro_steps = self.args.steps_per_generation * self.num_iterations
-        return micro_steps // math.gcd(micro_steps, accumulation)
+        return cycle_steps(self.args.steps_per_generation, self.num_iterations, self.args.gradient_accumulation_steps)
 
     def _run_epoch(self, model, epoch, *args, **kwargs):
         # The Trainer's set_epoch does not reach the sampler through accelerate's shard + skip wrappers (a
