@@ -68,7 +68,7 @@ def quiet_dependencies(logger_backend: str) -> None:
         _import_without_wandb_notice()
     # Here, not at the top: seconds to import, and align.train imports this module before the config is validated.
     import datasets
-    import transformers  # (as above)
+    import transformers
 
     # Bars for steps of a second or less (weight loading and saving, dataset maps such as TRL's tokenization); hub
     # downloads keep theirs (huggingface_hub's own switch).

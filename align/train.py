@@ -42,7 +42,7 @@ def run(cfg: DictConfig) -> dict:
     # Imported once the config is valid: they load torch, transformers and TRL (seconds), and a config error must
     # print at once.
     from align import runs
-    from align.preemption import STOP, Stopped  # (as above)
+    from align.preemption import STOP, Stopped
 
     runs.check_before_start(config)
     with STOP.installed():
@@ -62,11 +62,11 @@ def _run(config: AlignConfig, cfg: DictConfig) -> dict:
     # Imported once the config is valid (see `run`): these load torch, transformers and TRL.
     from transformers import set_seed
 
-    from align import runs  # (as above)
-    from align.models import check_lora_targets, load_tokenizer, resolve_model_path  # (as above)
-    from align.preemption import STOP  # (as above)
-    from align.progress import show_progress  # (as above)
-    from align.warm_start import starting_model  # (as above)
+    from align import runs
+    from align.models import check_lora_targets, load_tokenizer, resolve_model_path
+    from align.preemption import STOP
+    from align.progress import show_progress
+    from align.warm_start import starting_model
 
     model = config.model
     resolve_model_path(model.path)  # a missing local path fails here, before anything is loaded

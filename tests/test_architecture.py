@@ -38,6 +38,20 @@ def test_no_function_is_longer_than_60_lines():
     assert not long, "split these: " + "; ".join(long)
 
 
+def _explained(lines: list[str], lineno: int) -> bool:
+    """Whether the import on line `lineno` (1-based) carries a comment: on its line, or right above the block of
+    imports it belongs to (blank lines inside the block allowed)."""
+    if "#" in lines[lineno - 1]:
+        return True
+    for line in reversed(lines[:lineno - 1]):
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            return True
+        if stripped and not stripped.startswith(("import ", "from ")):
+            return False
+    return False
+
+
 def test_an_import_inside_a_function_says_why():
     """Module-level imports, except for an optional dependency or start-up time, with a comment saying which."""
     silent = []
@@ -45,10 +59,8 @@ def test_an_import_inside_a_function_says_why():
         lines = path.read_text().splitlines()
         for fn in functions(path):
             for node in ast.walk(fn):
-                if isinstance(node, (ast.Import, ast.ImportFrom)):
-                    line, above = lines[node.lineno - 1], lines[node.lineno - 2]
-                    if "#" not in line and not above.strip().startswith("#"):
-                        silent.append(f"{path.relative_to(REPO)}:{node.lineno} {line.strip()}")
+                if isinstance(node, (ast.Import, ast.ImportFrom)) and not _explained(lines, node.lineno):
+                    silent.append(f"{path.relative_to(REPO)}:{node.lineno} {lines[node.lineno - 1].strip()}")
     assert not silent, "move to the top or say why it is lazy: " + "; ".join(silent)
 
 

@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet_dependencies("none")  # before the imports below: some dependency noise is printed at import
     # Imported after the arguments are parsed: they load torch and transformers (seconds), and --help must be fast.
     from align.audit.run import AuditConfig, run_audit
-    from align.models import ModelLoadError  # (as above)
+    from align.models import ModelLoadError
 
     cfg = AuditConfig(base=args.base, aligned=args.aligned, target=args.target, control=args.control, eps=args.eps,
                       sensitivity_eps=args.sensitivity_eps, n=args.n, batch_size=args.batch_size, dtype=args.dtype,
