@@ -546,6 +546,8 @@ def validate(cfg: AlignConfig, processes: int | None = None, in_sweep: bool | No
     files. `processes`: the launch's process count (default: WORLD_SIZE); `in_sweep`: whether this is a point of a
     multirun (default: ask Hydra)."""
     name = getattr(cfg.algorithm, "name", None)
+    if not METHODS:  # a caller of its own that skipped align.methods, which registers them on import
+        raise ConfigError("no training methods are registered; import align.methods before validating a config.")
     if name not in METHODS:
         raise ConfigError(f"algorithm.name '{name}' is unknown; choose one of: {', '.join(METHODS)}.")
     for key, node in _config_nodes(cfg):
