@@ -154,6 +154,10 @@ class DiskFullError(RuntimeError):
     """A save ran out of disk space; the message names the newest complete checkpoint to resume from."""
 
 
+class CheckpointStateError(RuntimeError):
+    """A checkpoint lacks the method's state file, so it cannot be resumed exactly; the message says what to do."""
+
+
 # Bytes below which a torch writer failure counts as a full disk: torch's zip writer reports a failed write as
 # "unexpected pos" without the errno, and the partial file it leaves behind has used up the space.
 _NEARLY_FULL = 1 << 20
@@ -216,9 +220,9 @@ class CompleteCheckpoints:
             return
         path = Path(checkpoint) / self.algorithm_state_file
         if not path.is_file():
-            raise FileNotFoundError(f"{checkpoint} has no {self.algorithm_state_file}: it was not written by this "
-                                    f"version of align's {type(self).__name__}, or its save was interrupted. "
-                                    f"Resume from another checkpoint.")
+            raise CheckpointStateError(f"{checkpoint} has no {self.algorithm_state_file}: it was not written by this "
+                                       f"version of align's {type(self).__name__}, or its save was interrupted. "
+                                       f"Move it aside to resume from an earlier checkpoint, or start a new run.")
         self.load_algorithm_state(json.loads(path.read_text()))
 
     def _run_epoch(self, *args, **kwargs):

@@ -100,7 +100,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     importing those modules (torch, datasets) would add seconds to printing a config error."""
     elsewhere = (("align.data", "DataError"), ("align.models", "ModelLoadError"),
                  ("align.rewards", "RewardConfigError"), ("align.rewards", "RewardError"),
-                 ("align.checkpoints", "DiskFullError"))
+                 ("align.checkpoints", "DiskFullError"), ("align.checkpoints", "CheckpointStateError"))
     return ConfigError, RecipeError, *(getattr(sys.modules[module], name) for module, name in elsewhere
                                        if module in sys.modules)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from align.checkpoints import CheckpointStateError
 from align.data.preferences import synthetic_preferences
 from align.methods.multiref_dpo.config import MultiRefDPOAlgorithmConfig, ReferenceModelConfig
 from align.methods.multiref_dpo.references import ReferenceLogps, pair_token_ids, reference_logps
@@ -310,7 +311,7 @@ def test_resume_refuses_a_checkpoint_without_strategy_state(tmp_path):
     checkpoint = tmp_path / "run" / "checkpoint-1"
     (checkpoint / "multiref_state.json").unlink()
     resumed = small_run(tmp_path, "tsw", max_steps=2)
-    with pytest.raises(FileNotFoundError, match="no multiref_state.json"):
+    with pytest.raises(CheckpointStateError, match="no multiref_state.json"):
         resumed.train(resume_from_checkpoint=str(checkpoint))
 
 
