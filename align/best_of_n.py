@@ -43,20 +43,16 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-__all__ = ["BestOfNError", "best_of_n", "main", "parse_select", "select_best", "selection_keys", "summarize",
-           "write_jsonl"]
+from align.decode.io import DecodeError, Parser, check_out, load_prompts, run_cli, write_jsonl
+from align.numerics import upcast
 
-
-class BestOfNError(ValueError):
-    """The arguments cannot work as given; the message says which one and why."""
+__all__ = ["best_of_n", "main", "parse_select", "select_best", "selection_keys", "summarize"]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -64,29 +60,27 @@ class BestOfNError(ValueError):
 
 
 def parse_select(select: str | float) -> float | None:
-    """None for 'mean', else the quantile q as a float strictly inside (0, 1); anything else raises BestOfNError."""
+    """None for 'mean', else the quantile q as a float strictly inside (0, 1); anything else raises DecodeError."""
     if isinstance(select, str) and select.strip().lower() == "mean":
         return None
     try:
         q = float(select)
     except (TypeError, ValueError):
-        raise BestOfNError(f"--select must be 'mean' or a quantile strictly inside (0, 1); got {select!r}.") from None
+        raise DecodeError(f"--select must be 'mean' or a quantile strictly inside (0, 1); got {select!r}.") from None
     if not 0 < q < 1:  # also refuses nan
-        raise BestOfNError(f"--select quantile must lie strictly inside (0, 1); got {select!r}.")
+        raise DecodeError(f"--select quantile must lie strictly inside (0, 1); got {select!r}.")
     return q
 
 
 def selection_keys(mu: torch.Tensor, sigma: torch.Tensor | None, quantile: float | None) -> torch.Tensor:
     """(M,) float32 (float64 stays float64) keys candidates are ranked by: mu, or mu + Phi^-1(q) sigma for a quantile.
 
-    A quantile needs sigma (a Gaussian reward model); with sigma None it raises BestOfNError.
+    A quantile needs sigma (a Gaussian reward model); with sigma None it raises DecodeError.
     """
-    from align.numerics import upcast
-
     if quantile is None:
         return upcast(mu)
     if sigma is None:
-        raise BestOfNError(f"a scalar reward model has no sigma, so it cannot select by quantile {quantile}; use "
+        raise DecodeError(f"a scalar reward model has no sigma, so it cannot select by quantile {quantile}; use "
                            f"--select mean or a Gaussian (gaussian_anchor) reward model.")
     from align.rewards.gaussian import quantile_reward  # lazy: align.rewards imports transformers, too slow for --help
 
@@ -115,18 +109,18 @@ def select_best(keys: torch.Tensor) -> torch.Tensor:
 
 def _check_sampling(n: int, temperature: float, top_p: float, max_new_tokens: int, batch_size: int) -> None:
     if n < 1:
-        raise BestOfNError(f"--n must be >= 1; got {n}.")
+        raise DecodeError(f"--n must be >= 1; got {n}.")
     if not temperature >= 0:
-        raise BestOfNError(f"--temperature must be >= 0; got {temperature}.")
+        raise DecodeError(f"--temperature must be >= 0; got {temperature}.")
     if temperature == 0 and n > 1:  # greedy decoding would give N copies of one completion
-        raise BestOfNError(f"--temperature must be > 0 to sample {n} different completions per prompt (0 means "
+        raise DecodeError(f"--temperature must be > 0 to sample {n} different completions per prompt (0 means "
                            f"greedy decoding, which only makes sense with --n 1).")
     if not 0 < top_p <= 1:
-        raise BestOfNError(f"--top-p must lie in (0, 1]; got {top_p}.")
+        raise DecodeError(f"--top-p must lie in (0, 1]; got {top_p}.")
     if max_new_tokens < 1:
-        raise BestOfNError(f"--max-new-tokens must be >= 1; got {max_new_tokens}.")
+        raise DecodeError(f"--max-new-tokens must be >= 1; got {max_new_tokens}.")
     if batch_size < 1:
-        raise BestOfNError(f"--batch-size must be >= 1; got {batch_size}.")
+        raise DecodeError(f"--batch-size must be >= 1; got {batch_size}.")
 
 
 def best_of_n(policy, tokenizer, scorer, prompts: list[list[dict]], n: int, *, select: str | float = "mean",
@@ -142,7 +136,7 @@ def best_of_n(policy, tokenizer, scorer, prompts: list[list[dict]], n: int, *, s
 
     Returns one dict per prompt: prompt, completion (the chosen one), reward (its key), mu, sigma (None for a scalar
     model), index (of the chosen candidate) and candidates (all n, in sampling order: completion, mu, sigma, key).
-    Raises BestOfNError for bad arguments, before generating anything when it can tell.
+    Raises DecodeError for bad arguments, before generating anything when it can tell.
     """
     quantile = parse_select(select)
     _check_sampling(n, temperature, top_p, max_new_tokens, batch_size)
@@ -182,37 +176,12 @@ def summarize(rows: list[dict]) -> dict[str, float]:
     return {"mean_selected": selected, "mean_all": overall, "gain": selected - overall}
 
 
-def write_jsonl(rows: list[dict], path: Path) -> None:
-    """Write rows as jsonl atomically: a temporary file beside `path`, then os.replace (never a half-written file)."""
-    handle = tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False,
-                                         encoding="utf-8")
-    try:
-        with handle:
-            for row in rows:
-                handle.write(json.dumps(row) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(handle.name, 0o666 & ~umask)  # mkstemp's 0600 is for the temporary file, not for the result
-        os.replace(handle.name, path)
-    except BaseException:  # KeyboardInterrupt included: take the temporary file away
-        Path(handle.name).unlink(missing_ok=True)
-        raise
-
-
 # --------------------------------------------------------------------------------------------------------------------
 # CLI
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # argparse's own errors: one line and exit 2, like every other error here
-        print(f"align: error: {message} (see --help)", file=sys.stderr, flush=True)
-        sys.exit(2)
-
-
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m align.best_of_n", description=__doc__,
+    parser = Parser(prog="python -m align.best_of_n", description=__doc__,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--policy", default="embedded:tiny", help="causal LM directory, hub name or embedded:tiny")
     parser.add_argument("--reward-model", required=True, help="final/ or checkpoint-N/ of a reward_model run")
@@ -237,12 +206,12 @@ def _validate(args: argparse.Namespace) -> float | None:
     quantile = parse_select(args.select)
     _check_sampling(args.n, args.temperature, args.top_p, args.max_new_tokens, args.batch_size)
     if args.num_prompts is not None and args.num_prompts < 1:
-        raise BestOfNError(f"--num-prompts must be >= 1; got {args.num_prompts}.")
+        raise DecodeError(f"--num-prompts must be >= 1; got {args.num_prompts}.")
 
     reward_model = Path(args.reward_model).expanduser()
     config_file = reward_model / "config.json"
     if not config_file.is_file():
-        raise BestOfNError(f"--reward-model '{args.reward_model}' is not a reward model checkpoint (no config.json "
+        raise DecodeError(f"--reward-model '{args.reward_model}' is not a reward model checkpoint (no config.json "
                            f"there); give the final/ or a checkpoint-N/ directory of an algorithm=reward_model run.")
     if quantile is not None:
         from align.rewards.reward_model import CONFIG_KEY  # lazy: imports transformers, too slow for --help
@@ -250,66 +219,36 @@ def _validate(args: argparse.Namespace) -> float | None:
         try:
             head = json.loads(config_file.read_text()).get(CONFIG_KEY, {}).get("head")
         except (OSError, ValueError, AttributeError) as err:
-            raise BestOfNError(f"cannot read {config_file}: {type(err).__name__}: {err}") from err
+            raise DecodeError(f"cannot read {config_file}: {type(err).__name__}: {err}") from err
         if head != "gaussian":
-            raise BestOfNError(f"--reward-model '{args.reward_model}' is a scalar reward model: it has no sigma, so "
+            raise DecodeError(f"--reward-model '{args.reward_model}' is a scalar reward model: it has no sigma, so "
                                f"--select must stay 'mean' (got {args.select!r}); quantiles need a Gaussian "
                                f"(objective gaussian_anchor) reward model.")
 
     if args.prompts != "synthetic" and not Path(args.prompts).expanduser().exists():
-        raise BestOfNError(f"--prompts '{args.prompts}' does not exist; give 'synthetic' or a .jsonl/.json/.parquet/"
+        raise DecodeError(f"--prompts '{args.prompts}' does not exist; give 'synthetic' or a .jsonl/.json/.parquet/"
                            f".csv file.")
 
-    out = Path(args.out).expanduser()
-    if out.is_dir():
-        raise BestOfNError(f"--out '{args.out}' is a directory; give a file path such as {out / 'best.jsonl'}.")
-    if out.exists() and not args.overwrite:
-        raise BestOfNError(f"--out '{args.out}' already exists; pass --overwrite to replace it or choose another path.")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise BestOfNError(f"cannot create the directory of --out '{args.out}': {err}") from err
-    if not os.access(out.parent, os.W_OK):
-        raise BestOfNError(f"the directory of --out '{args.out}' is not writable.")
+    check_out(args.out, args.overwrite)
 
-    from align.models import resolve_model_path
+    from align.models import resolve_model_path  # lazy: imports transformers, too slow for --help
 
     resolve_model_path(args.policy)  # a missing local path fails now (embedded:tiny is built here, in seconds)
     return quantile
 
 
-def _load_prompts(source: str, column: str, limit: int | None) -> tuple[list[list[dict]], list | None]:
-    """(prompts as chat messages, answers or None) from 'synthetic' (its held-out split) or a local file."""
-    from align.config import ColumnsConfig, DataConfig
-    from align.data import DataError, load_splits
-
-    if source == "synthetic":
-        # The default data config's held-out split: disjoint from the rows a default-data policy trained on.
-        _, dataset = load_splits(DataConfig())
-    else:
-        columns = ColumnsConfig(prompt=column if column != "prompt" else None)
-        try:
-            dataset, _ = load_splits(DataConfig(source=str(Path(source).expanduser()), columns=columns))
-        except DataError as err:  # its messages name the training config's settings; here they are flags
-            raise BestOfNError(str(err).replace("data.columns.prompt", "--prompt-column")
-                               .replace("data.source", "--prompts")) from None
-    if limit is not None:
-        dataset = dataset.select(range(min(limit, len(dataset))))
-    answers = dataset["answer"] if "answer" in dataset.column_names else None
-    return list(dataset["prompt"]), answers
-
-
 def _run(args: argparse.Namespace) -> dict:
     quantile = _validate(args)
-    prompts, answers = _load_prompts(args.prompts, args.prompt_column, args.num_prompts)
+    prompts, answers = load_prompts(args.prompts, args.prompt_column, args.num_prompts)
 
+    # lazy: transformers and the reward models load only after every check has passed
     from align.models import bf16_available, load_causal_lm, load_tokenizer
-    from align.rewards.reward_model import load_scorer
+    from align.rewards.reward_model import load_scorer  # lazy: as above
 
     try:
         scorer = load_scorer(str(Path(args.reward_model).expanduser()))
     except ValueError as err:  # not a reward model (wrong head size, ...)
-        raise BestOfNError(str(err)) from err
+        raise DecodeError(str(err)) from err
     tokenizer = load_tokenizer(args.policy)
     policy = load_causal_lm(args.policy, dtype="bfloat16" if bf16_available() else "float32")
     policy.to("cuda" if torch.cuda.is_available() else "cpu").eval().requires_grad_(False)
@@ -338,22 +277,10 @@ def _run(args: argparse.Namespace) -> dict:
     return {**summary, "out": str(out), "rows": len(rows)}
 
 
-def _user_errors() -> tuple[type[Exception], ...]:
-    from align.data import DataError
-    from align.models import ModelLoadError
-
-    return BestOfNError, DataError, ModelLoadError
-
-
 def main(argv: list[str] | None = None) -> dict:
     """Run the CLI on `argv` (default: sys.argv[1:]); returns the summary (mean_selected, mean_all, gain, out, rows).
     A user error prints `align: error: ...` to stderr and exits with code 2."""
-    args = _parser().parse_args(argv)
-    try:
-        return _run(args)
-    except _user_errors() as err:
-        print(f"align: error: {err}", file=sys.stderr, flush=True)
-        sys.exit(2)
+    return run_cli(_parser(), _run, argv)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from align.best_of_n import BestOfNError, main, parse_select, select_best, write_jsonl
+from align.best_of_n import main, parse_select, select_best
+from align.decode.io import DecodeError, load_prompts, write_jsonl
 
 N = 4
 PROMPTS = 3
@@ -72,7 +73,7 @@ def test_parse_select():
     assert parse_select("mean") is None and parse_select("MEAN") is None
     assert parse_select("0.25") == 0.25 and parse_select(0.9) == 0.9
     for bad in ("0", "1", "1.5", "-0.1", "nan", "median", ""):
-        with pytest.raises(BestOfNError):
+        with pytest.raises(DecodeError):
             parse_select(bad)
 
 
@@ -222,12 +223,11 @@ def test_module_help_states_the_usage():
 
 def test_a_missing_prompt_column_names_the_flag(tmp_path):
     """The loader's messages speak of the training config (data.columns.prompt); this CLI's setting is a flag."""
-    from align.best_of_n import _load_prompts
 
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(json.dumps({"question": "Compute 1+1."}) + "\n")
-    with pytest.raises(BestOfNError, match=r"^--prompt-column is 'nope', but column 'nope' is not in") as err:
-        _load_prompts(str(prompts), "nope", None)
+    with pytest.raises(DecodeError, match=r"^--prompt-column is 'nope', but column 'nope' is not in") as err:
+        load_prompts(str(prompts), "nope", None)
     assert "data.columns" not in str(err.value)
-    with pytest.raises(BestOfNError, match=r"column 'prompt' is missing .* Map it with --prompt-column=<your column>"):
-        _load_prompts(str(prompts), "prompt", None)
+    with pytest.raises(DecodeError, match=r"column 'prompt' is missing .* Map it with --prompt-column=<your column>"):
+        load_prompts(str(prompts), "prompt", None)

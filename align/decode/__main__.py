@@ -1,0 +1,3 @@
+from align.decode.cli import main
+
+main()

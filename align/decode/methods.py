@@ -1,0 +1,121 @@
+"""Each decoding method as particle-engine settings, and the per-prompt result rows `python -m align.decode` writes.
+
+    greedy     one completion at temperature 0 (no engine)
+    sample     N = 1 from q = p at tau, never resampled: plain sampling
+    best_of_n  N particles in one block with no twist and no resampling, the best final reward wins (argmax_reward;
+               `sample` selection gives soft best-of-N, W = softmax(lambda R))
+    smc        the engine as configured (twist prefix / lookahead / final)
+    power      no reward (lambda 0), alpha > 1 with tau = 1/alpha proposals: SMC towards p^alpha
+
+A row carries what `python -m align.gate` pairs item by item (task, doc_id, metric, score, confidence, prompt,
+answer) plus the chosen completion, its reward, and the cost: generated tokens and reward calls for the prompt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+import torch
+
+from align.decode import smc
+from align.decode.particles import Engine, Pool, Settings, choose
+from align.generation import Decoding, chat_prompt_ids, generate
+
+METHODS = ("greedy", "sample", "best_of_n", "smc", "power")
+DEFAULT_SELECTION = {"greedy": "sample", "sample": "sample", "best_of_n": "argmax_reward", "smc": "sample",
+                     "power": "sample"}
+
+
+def method_settings(method: str, settings: Settings) -> Settings:
+    """The engine settings `method` runs with, from the user's `settings`."""
+    if method == "sample":
+        return replace(settings, n=1, variant="final", kappa=0.0, mh_steps=0)
+    if method == "best_of_n":
+        return replace(settings, variant="final", kappa=0.0, mh_steps=0, alpha=1.0, block=settings.max_new_tokens)
+    if method == "power":
+        return replace(settings, variant="final", lam=0.0)
+    return settings
+
+
+def batch_reward(source: Callable | None, prompts: list, answers: list | None) -> Callable | None:
+    """The engine's `reward(prompt_indices, texts)` over one batch of prompts, from a reward source
+    `fn(prompts, completions, **columns)`; the `answer` column goes along when the prompts have one."""
+    if source is None:
+        return None
+
+    def reward(indices: list[int], texts: list[str]) -> list:
+        columns = {} if answers is None else {"answer": [answers[i] for i in indices]}
+        return source(prompts=[prompts[i] for i in indices], completions=texts, **columns)
+
+    return reward
+
+
+def pool_stats(pool: Pool) -> dict:
+    """What the run did for one prompt: ESS (min, mean over boundaries), resamples, log Z_hat, distinct final
+    sequences, MH acceptance."""
+    log_z = pool.log_z + smc.log_mean_weight(pool.logw).item()
+    return {"ess_min": min(pool.ess, default=None), "ess_mean": sum(pool.ess) / len(pool.ess) if pool.ess else None,
+            "resamples": pool.resamples, "log_z": log_z,
+            "unique_sequences": len({tuple(p.tokens) for p in pool.particles}),
+            "mh_acceptance": pool.mh_accepted / pool.mh_proposed if pool.mh_proposed else None}
+
+
+def run_engine(model, tokenizer, prompt_ids: list[list[int]], settings: Settings, reward: Callable | None,
+               generator: torch.Generator) -> list[dict]:
+    """One batch of prompts through the engine: per prompt the chosen particle's text, reward, flags and cost."""
+    pools = Engine(model, tokenizer, settings, reward, generator).run(prompt_ids)
+    results = []
+    for pool in pools:
+        chosen = pool.particles[choose(pool, tokenizer, settings.selection, generator)]
+        results.append({"completion": tokenizer.decode(chosen.tokens, skip_special_tokens=True),
+                        "reward": chosen.reward, "finished": chosen.finished, "truncated": chosen.truncated,
+                        "generated_tokens": pool.generated_tokens, "reward_calls": pool.reward_calls,
+                        "smc": pool_stats(pool)})
+    return results
+
+
+def run_greedy(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int,
+               reward: Callable | None) -> list[dict]:
+    """Greedy completions, each scored once by the reward (when there is one)."""
+    out = generate(model, tokenizer, prompt_ids, Decoding(max_new_tokens))
+    texts = out.texts(tokenizer)
+    rewards = reward(list(range(len(texts))), texts) if reward is not None else [None] * len(texts)
+    return [{"completion": text, "reward": r, "finished": done, "truncated": not done, "generated_tokens": len(ids),
+             "reward_calls": int(reward is not None), "smc": None}
+            for text, r, done, ids in zip(texts, rewards, out.finished, out.completion_ids)]
+
+
+def decode(model, tokenizer, prompts: list, answers: list | None, method: str, settings: Settings, *,
+           source: Callable | None = None, batch_size: int = 4, seed: int = 0,
+           progress: Callable[[int], None] | None = None) -> list[dict]:
+    """Decode every chat-message prompt with `method`, `batch_size` prompts (x N particles) per engine run, one
+    torch.Generator seeded with `seed` for everything: per prompt, in order, a result dict (completion, reward,
+    finished, truncated, generated_tokens, reward_calls, smc statistics or None)."""
+    settings = method_settings(method, settings)
+    generator = torch.Generator().manual_seed(seed)
+    results: list[dict] = []
+    for start in range(0, len(prompts), batch_size):
+        batch = prompts[start:start + batch_size]
+        reward = batch_reward(source, batch, None if answers is None else answers[start:start + batch_size])
+        ids = chat_prompt_ids(tokenizer, batch)
+        if method == "greedy":
+            results += run_greedy(model, tokenizer, ids, settings.max_new_tokens, reward)
+        else:
+            results += run_engine(model, tokenizer, ids, settings, reward, generator)
+        if progress is not None:
+            progress(len(batch))
+    return results
+
+
+def gate_rows(results: list[dict], prompts: list, answers: list | None, scores: list, *, task: str, metric: str,
+              method: str) -> list[dict]:
+    """The JSONL rows: the gate's per-sample fields (as `align.evaluation.write_samples` writes them, doc_id the
+    prompt's index) followed by the method and each result's fields."""
+    rows = []
+    for i, (result, score) in enumerate(zip(results, scores)):
+        answer = None if answers is None else answers[i]
+        rows.append({"task": task, "doc_id": i, "metric": metric, "score": score,
+                     "correct": None if score is None else score >= 1.0, "confidence": None,
+                     "prompt": prompts[i][-1]["content"], "answer": answer, "method": method, **result})
+    return rows
