@@ -42,7 +42,7 @@ Decisions the paper leaves open (the spec's [D]s), as implemented here and in `a
   argmax_weight (the merged sequence of largest weight), argmax_reward (best final R), vote (group by extracted
   answer, sum the weights, take the largest group; equal weights make it self-consistency).
 - Defaults: N 8, B 32, tau 1, alpha 1 (power sampling: alpha 4, tau 0.25), lambda 4, kappa 0.5, systematic,
-  prefix-only, MH S 0 (off unless asked), M 2 rollouts, selection sample; one torch.Generator seeds sampling,
+  prefix-only, MH S 1 on duplicates, M 2 rollouts, selection sample; one torch.Generator seeds sampling,
   resampling and MH.
 
 Shapes: N particles of one prompt; V the vocabulary. Weights are always handled as log-weights.

@@ -13,6 +13,7 @@ from scipy import stats
 from transformers import BatchEncoding, LlamaConfig, LlamaForCausalLM
 
 from align.decode import particles
+from align.decode.methods import pool_stats
 from align.decode.particles import Engine, Settings, choose
 
 EOS, LENGTH, PROMPT = 3, 2, [0, 1, 2]
@@ -134,7 +135,6 @@ def test_smc_moves_towards_pi_and_its_normaliser_is_unbiased(toy, variant):
     pools, samples = draws(model, tokenizer, settings, 300, seed=2, score=reward)
     assert tv(samples, pi) < 0.5 * sum(abs(pi[y] - p[y]) for y in pi) / 2
     z = sum(math.exp(log_p(model, y) + lam * reward([0], [tokenizer.decode(y)])[0]) for y in pi)
-    from align.decode.methods import pool_stats  # the statistic the CLI reports
     estimates = torch.tensor([math.exp(pool_stats(pool)["log_z"]) for pool in pools])
     assert estimates.mean().item() == pytest.approx(z, rel=0.1)
     assert sum(pool.resamples for pool in pools) > 0
@@ -169,3 +169,39 @@ def test_deterministic_under_a_seed_with_resampling_and_moves(toy):
         [[p.tokens for p in pool.particles] for pool in pools_b]
     assert all(torch.equal(a.logw, b.logw) for a, b in zip(pools_a, pools_b))
     assert sum(pool.mh_proposed for pool in pools_a) > 0
+
+
+@torch.no_grad()
+def token_logs(model, tokens: list[int], tau: float) -> tuple[list[float], list[float]]:
+    logits = model(torch.tensor([PROMPT + tokens])).logits[0, len(PROMPT) - 1:-1].double()
+    picked = torch.tensor(tokens)[:, None]
+    return (torch.log_softmax(logits, -1).gather(1, picked)[:, 0].tolist(),
+            torch.log_softmax(logits / tau, -1).gather(1, picked)[:, 0].tolist())
+
+
+def test_an_mh_move_keeps_exact_samples_law(toy):
+    """Draw exact samples of gamma(y) ∝ p(y)^alpha exp(lambda r(y)) over unfinished 2-token prefixes, move each once
+    (proposals from q at tau != 1/alpha), and the law is still gamma (identity 7)."""
+    model, tokenizer = toy
+    alpha, tau, lam = 2.0, 0.7, 2.0
+    prefixes = [list(y) for y in itertools.product(range(3), repeat=LENGTH)]
+    logs = torch.tensor([alpha * log_p(model, tuple(y)) + lam * reward([0], [tokenizer.decode(y)])[0]
+                         for y in prefixes], dtype=torch.float64)
+    gamma = dict(zip(map(tuple, prefixes), torch.softmax(logs, 0).tolist()))
+    generator = torch.Generator().manual_seed(5)
+    picks = torch.multinomial(torch.softmax(logs, 0), 800, replacement=True, generator=generator).tolist()
+    pool = particles.Pool([], torch.zeros(800, dtype=torch.float64))
+    known = [token_logs(model, y, tau) for y in prefixes]
+    for k in picks:
+        lp, lq = known[k]
+        pool.particles.append(particles.Particle(0, list(prefixes[k]), lp, lq,
+                                                 log_psi=lam * reward([0], [tokenizer.decode(prefixes[k])])[0]))
+    engine = Engine(model, tokenizer, Settings(max_new_tokens=8, alpha=alpha, tau=tau, lam=lam), reward, generator)
+    engine.prompt_ids = [PROMPT]
+    engine.move([(pool, p) for p in pool.particles])
+    assert 0 < pool.mh_accepted < pool.mh_proposed == 800
+    moved = [tuple(p.tokens) for p in pool.particles]
+    assert chi_square_p(moved, gamma) > 1e-3
+    for p in pool.particles[:20]:  # the moved particles' recorded log p / log q are the model's
+        lp, lq = token_logs(model, p.tokens, tau)
+        assert p.logp == pytest.approx(lp, abs=1e-5) and p.logq == pytest.approx(lq, abs=1e-5)
