@@ -24,7 +24,7 @@ import json
 import sys
 from pathlib import Path
 
-from align.config import model_path_problem, reward_source_problem
+from align.config import DataConfig, model_path_problem, reward_source_problem
 from align.console import phase_progress
 from align.decode.io import DecodeError, Parser, check_out, load_prompts, run_cli, write_jsonl
 
@@ -205,7 +205,10 @@ def _run(args: argparse.Namespace) -> dict:
                      batch_size=args.batch_size, seed=args.seed,
                      progress=lambda done: [next(ticks, None) for _ in range(done)])
     scores = _score(results, prompts, answers, metric)
-    task = "synthetic" if args.prompts == "synthetic" else Path(args.prompts).stem
+    # lazy: align.methods loads TRL; the name is held-out evaluation's, so the gate pairs decoding with a training run
+    from align.methods.common import eval_task_name
+
+    task = eval_task_name(DataConfig(source=args.prompts))
     rows = gate_rows(results, prompts, answers, scores, task=task, metric=metric_name or "reward",
                      method=args.method)
     write_jsonl(rows, out)

@@ -68,7 +68,7 @@ def test_the_gate_compares_two_decoding_methods_item_by_item(outputs, tmp_path):
     report = tmp_path / "gate.json"
     code = gate(["--baseline", str(outputs["greedy"]), "--candidate", str(outputs["smc"]), "--json", str(report)])
     assert code in (0, 1)
-    assert "synthetic" in report.read_text()
+    assert "synthetic/arithmetic" in report.read_text()
 
 
 def test_the_same_seed_gives_the_same_file(outputs, tmp_path):
