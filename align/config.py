@@ -171,6 +171,9 @@ class PairsConfig:
     limits: ClassVar[dict] = {"max_rows": ">= 1", "num_synthetic": ">= 1", "max_length": ">= 1"}
 
 
+FEEDBACK_SELECTIONS = ("text", "label")  # who gets feedback in align.data.preferences.synthetic_feedback
+
+
 @dataclass
 class SyntheticPreferenceConfig:
     """The embedded known-truth preference world (align.data.preferences): each response's true reward is
@@ -183,9 +186,13 @@ class SyntheticPreferenceConfig:
     rho_01: float = 0.2  # feedback rows: P(observed label 0 | true label 1)
     rho_10: float = 0.1  # feedback rows: P(observed label 1 | true label 0)
     propensity: List[float] = field(default_factory=lambda: [0.15, 0.6])  # P(feedback | true label 0), (| 1)
+    # feedback rows: "text" = P(feedback) is propensity averaged over the label given the response text (missing at
+    # random given the text, as CausalRM assumes); "label" = propensity[true label] (a negative control)
+    selection: str = "text"
 
     limits: ClassVar[dict] = {"num_train": ">= 1", "num_eval": ">= 0", "seed": ">= 0", "annotators": ">= 1",
-                              "rho_01": "[0, 1]", "rho_10": "[0, 1]", "propensity": "(0, 1]"}
+                              "rho_01": "[0, 1]", "rho_10": "[0, 1]", "propensity": "(0, 1]",
+                              "selection": FEEDBACK_SELECTIONS}
 
 
 @dataclass

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from align.config import DataConfig, RewardDataConfig
+from align.config import FEEDBACK_SELECTIONS, DataConfig, RewardDataConfig
 from align.data.loading import DataError, _is_empty, _is_messages, _load_source, to_messages
 
 KEY = "algorithm.data"
@@ -161,16 +161,36 @@ def synthetic_preferences(num_rows: int, seed: int = 0, annotators: int = 5) -> 
     return rows
 
 
+def feedback_propensity(y: np.ndarray, mu: np.ndarray, sigma: np.ndarray, propensity: tuple[float, float],
+                        selection: str) -> np.ndarray:
+    """(N,) P(feedback) per row of the synthetic feedback world.
+
+    "label": propensity[y]; whether a user responds depends on their realised label y, which is random given the
+    text, so no model of the text can recover it (a negative control for estimated propensities).
+    "text": propensity[0] + (propensity[1] - propensity[0]) * Phi(mu / sigma), the label world's propensity averaged
+    over y given the response (P(y = 1 | text) = Phi(mu / sigma)): users respond to how good the response looks,
+    a function of its words only, so feedback is missing at random given the text, as CausalRM assumes.
+    y (N,) 0/1; mu, sigma (N,) the responses' truth (`response_truth`).
+    """
+    low, high = propensity
+    if selection == "label":
+        return np.where(y == 1, high, low).astype(float)
+    p_good = np.array([0.5 * math.erfc(-m / (s * math.sqrt(2))) for m, s in zip(mu, sigma)])
+    return low + (high - low) * p_good
+
+
 def synthetic_feedback(num_rows: int, seed: int = 0, rho_01: float = 0.2, rho_10: float = 0.1,
-                       propensity: tuple[float, float] = (0.15, 0.6)) -> list[dict]:
+                       propensity: tuple[float, float] = (0.15, 0.6), selection: str = "text") -> list[dict]:
     """Observational feedback: one row per shown response, with selection bias and label noise.
 
-    True label y = 1[u > 0], u ~ N(mu, sigma^2). The user responds with probability propensity[y] (users react to
-    what they feel strongly about, so the labelled rows are not the inference distribution), and the label they give
-    is y flipped with probability rho_01 if y = 1, rho_10 if y = 0.
+    True label y = 1[u > 0], u ~ N(mu, sigma^2). The user responds with probability `feedback_propensity` (by
+    default a function of the response text, so the labelled rows are not the inference distribution but are
+    missing at random given the text; `selection="label"` makes it depend on y), and the label they give is y
+    flipped with probability rho_01 if y = 1, rho_10 if y = 0.
     Columns: prompt, response, observed (0/1), label (the noisy label when observed, None when not), true_label,
-    true_propensity (= propensity[y]), mu, sigma. Deterministic given `seed`. Raises ValueError (message starting
-    with the parameter's name) for num_rows < 0, rho outside [0, 1] or propensities outside (0, 1].
+    true_propensity (the row's P(feedback)), mu, sigma. Deterministic given `seed`; both selections draw the same
+    responses, labels and flips. Raises ValueError (message starting with the parameter's name) for num_rows < 0,
+    rho outside [0, 1], propensities outside (0, 1] or an unknown selection.
     """
     _check_count("num_rows", num_rows, 0)
     for name, rho in (("rho_01", rho_01), ("rho_10", rho_10)):
@@ -179,11 +199,13 @@ def synthetic_feedback(num_rows: int, seed: int = 0, rho_01: float = 0.2, rho_10
     if len(propensity) != 2 or not all(0 < p <= 1 for p in propensity):
         raise ValueError(f"propensity must be [P(feedback | y = 0), P(feedback | y = 1)], both in (0, 1]; got "
                          f"{list(propensity)}.")
+    if selection not in FEEDBACK_SELECTIONS:
+        raise ValueError(f"selection must be one of {', '.join(FEEDBACK_SELECTIONS)}; got {selection!r}.")
     rng = np.random.default_rng([seed, _FEEDBACK_STREAM])
     prompts, responses = _prompts(rng, num_rows), random_responses(rng, num_rows)
     mu, sigma = _truths(responses)
     y = (rng.normal(mu, sigma) > 0).astype(int)
-    p = np.where(y == 1, propensity[1], propensity[0])
+    p = feedback_propensity(y, mu, sigma, tuple(propensity), selection)
     observed = rng.random(num_rows) < p
     flipped = rng.random(num_rows) < np.where(y == 1, rho_01, rho_10)
     noisy = np.where(flipped, 1 - y, y)
@@ -527,7 +549,7 @@ def _synthetic_source(cfg: RewardDataConfig, feedback: bool
                         f"{s.num_eval}.")
     try:
         if feedback:
-            train = synthetic_feedback(s.num_train, s.seed, s.rho_01, s.rho_10, tuple(s.propensity))
+            train = synthetic_feedback(s.num_train, s.seed, s.rho_01, s.rho_10, tuple(s.propensity), s.selection)
             held_out = unbiased_feedback_eval(s.num_eval, s.seed) if s.num_eval else None
         else:
             rows = synthetic_preferences(s.num_train + s.num_eval, s.seed, s.annotators)

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from align.config import ConfigError, RewardDataConfig, SyntheticPreferenceConfig
+from align.config import RewardDataConfig, SyntheticPreferenceConfig
 from align.data import DataError
 from align.data.preferences import (
     VOCABULARY,
@@ -94,13 +94,17 @@ def test_vote_shares_track_the_probit_of_the_truth():
 
 def test_feedback_has_the_configured_selection_bias_and_label_noise():
     propensity, rho_01, rho_10 = (0.15, 0.6), 0.2, 0.1
-    rows = synthetic_feedback(20000, seed=2, rho_01=rho_01, rho_10=rho_10, propensity=propensity)
+    rows = synthetic_feedback(20000, seed=2, rho_01=rho_01, rho_10=rho_10, propensity=propensity, selection="label")
     y = np.array([r["true_label"] for r in rows])
     observed = np.array([r["observed"] for r in rows])
     assert all((r["label"] is None) == (r["observed"] == 0) for r in rows)
     assert all(r["true_propensity"] == propensity[r["true_label"]] for r in rows)
     for label in (0, 1):
         assert abs(observed[y == label].mean() - propensity[label]) < 0.02
+        # The label world's selection depends on y only: given y, the visible quality of the response is irrelevant.
+        mu = np.array([r["mu"] for r in rows])
+        for looks in (mu < 0, mu > 0):
+            assert abs(observed[(y == label) & looks].mean() - propensity[label]) < 0.03
     noisy = np.array([r["label"] if r["observed"] else -1 for r in rows])
     assert abs((noisy[(observed == 1) & (y == 1)] == 0).mean() - rho_01) < 0.03
     assert abs((noisy[(observed == 1) & (y == 0)] == 1).mean() - rho_10) < 0.03
@@ -113,10 +117,36 @@ def test_feedback_has_the_configured_selection_bias_and_label_noise():
     assert 0.3 < np.mean([r["true_label"] for r in held_out]) < 0.7
 
 
+def test_text_world_selects_on_the_response_text_only():
+    """The default world: P(feedback) is a function of the response (missing at random given the text)."""
+    propensity = (0.15, 0.6)
+    rows = synthetic_feedback(40000, seed=4, propensity=propensity)
+    observed, y, p, mu = (np.array([r[k] for r in rows]) for k in ("observed", "true_label", "true_propensity", "mu"))
+    for r in rows[:200]:  # the recorded propensity is E[propensity[y] | text] = low + (high - low) Phi(mu / sigma)
+        assert r["true_propensity"] == pytest.approx(0.15 + 0.45 * phi(r["mu"] / r["sigma"]))
+    by_text = {}
+    for r in rows:
+        by_text.setdefault(r["response"], set()).add(r["true_propensity"])
+    assert all(len(values) == 1 for values in by_text.values())
+    # The observation rate follows the visible quality of the response and matches the recorded propensity.
+    assert abs(observed.mean() - p.mean()) < 0.01
+    assert observed[mu > 0].mean() - observed[mu < 0].mean() > 0.2
+    for group in (mu < -1, (mu >= -1) & (mu <= 1), mu > 1):
+        assert abs(observed[group].mean() - p[group].mean()) < 0.02
+    # Given the text, whether feedback is shown does not depend on the realised label.
+    for low, high in ((0.25, 0.35), (0.35, 0.45), (0.45, 0.55)):
+        band = (p >= low) & (p < high)
+        assert abs(observed[band & (y == 1)].mean() - observed[band & (y == 0)].mean()) < 0.04
+    # Both worlds draw the same responses, labels and flips; only who gives feedback differs.
+    label_world = synthetic_feedback(len(rows), seed=4, propensity=propensity, selection="label")
+    assert [(r["response"], r["true_label"]) for r in label_world] == [(r["response"], r["true_label"]) for r in rows]
+
+
 @pytest.mark.parametrize("call, match", [
     (lambda: synthetic_preferences(5, annotators=0), "annotators must be >= 1"),
     (lambda: synthetic_feedback(5, rho_01=1.5), "rho_01 must be a probability"),
     (lambda: synthetic_feedback(5, propensity=(0.0, 0.5)), r"propensity must be .* in \(0, 1\]"),
+    (lambda: synthetic_feedback(5, selection="user"), "selection must be one of text, label"),
 ])
 def test_generator_arguments_are_checked(call, match):
     with pytest.raises(ValueError, match=match):
@@ -308,7 +338,7 @@ def test_load_synthetic_pairs():
 
 
 def test_load_synthetic_feedback_keeps_true_labels_out_of_training():
-    synthetic = SyntheticPreferenceConfig(num_train=300, num_eval=50, propensity=[0.2, 0.9])
+    synthetic = SyntheticPreferenceConfig(num_train=300, num_eval=50, propensity=[0.2, 0.9], selection="label")
     train, held_out, info = load_reward_data(RewardDataConfig(synthetic=synthetic), "causal_rm")
     assert len(train) == 300 and len(held_out) == 50
     assert all(set(r) == {"prompt", "response", "observed", "label"} for r in train)
@@ -318,12 +348,16 @@ def test_load_synthetic_feedback_keeps_true_labels_out_of_training():
     known = RewardDataConfig(synthetic=synthetic, propensity_column="true_propensity")
     train, held_out, _ = load_reward_data(known, "causal_rm")
     assert {r["propensity"] for r in train} == {0.2, 0.9} and {r["propensity"] for r in held_out} == {1.0}
+    text_world = RewardDataConfig(synthetic=dataclasses.replace(synthetic, selection="text"),
+                                  propensity_column="true_propensity")
+    train, _, _ = load_reward_data(text_world, "causal_rm")
+    assert [r["propensity"] for r in train] == [r["true_propensity"] for r in synthetic_feedback(300, 0, 0.2, 0.1,
+                                                                                                 (0.2, 0.9))]
+    assert len({r["propensity"] for r in train}) > 2
     with pytest.raises(DataError, match=r"algorithm.data.synthetic.propensity must be"):
         load_reward_data(RewardDataConfig(synthetic=SyntheticPreferenceConfig(propensity=[0.5])), "causal_rm")
     with pytest.raises(DataError, match="algorithm.data.synthetic.annotators must be >= 1"):
         load_reward_data(RewardDataConfig(synthetic=SyntheticPreferenceConfig(annotators=0)), "bradley_terry")
-    with pytest.raises(ConfigError, match="algorithm.objective is 'dpo'"):
-        load_reward_data(RewardDataConfig(), "dpo")
 
 
 def test_load_pairs_file_with_two_responses_votes_and_a_carved_held_out(tmp_path):
