@@ -104,6 +104,7 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "decode.json"))
+    parser.add_argument("--resume", action="store_true", help="keep the points already in --out, measure the rest")
     args = parser.parse_args()
 
     torch.set_num_threads(2)
@@ -111,13 +112,27 @@ def main() -> None:
     model, tokenizer = load_policy(init)
     prompts, answers = load_prompts("synthetic", "prompt", args.prompts)
     verifier = reward_source("boxed_match", {})
-    runs: dict[str, list] = {}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    runs: dict[str, list] = json.loads(out.read_text())["runs"] if args.resume and out.exists() else {}
     for label, n, method, settings in configurations(args.ns, args.block, args.max_new_tokens):
         key = f"{label}@{n}"
+        if key in runs:  # --resume: measured by an earlier, interrupted run with the same settings
+            continue
         runs[key] = [{"seed": seed, **measure(model, tokenizer, prompts, answers, verifier, method, settings, seed)}
                      for seed in args.seeds]
         print(f"[bench] {key}: accuracy {[r['accuracy'] for r in runs[key]]}, "
               f"{runs[key][0]['generated_tokens']:.0f} tokens/prompt, {runs[key][0]['seconds']:.1f} s", flush=True)
+        write_report(out, args, init, runs)
+    summary = write_report(out, args, init, runs)
+    plot(summary, out.with_suffix(".png"))
+    print(json.dumps({k: [(p["n"], round(p["accuracy"]["mean"], 3), round(p["generated_tokens"]["mean"]))
+                          for p in v] for k, v in summary.items()}, indent=1))
+
+
+def write_report(out: Path, args: argparse.Namespace, init: str, runs: dict) -> dict:
+    """Write the JSON report of the runs so far (after every point, so an interrupted run keeps what it measured);
+    returns its summary."""
     summary: dict[str, list] = {}
     for key, results in runs.items():
         label, n = key.split("@")
@@ -130,12 +145,8 @@ def main() -> None:
                         "kappa": 0.5, "lookahead_rollouts": 2, "power": {"alpha": 4.0, "tau": 0.25},
                         "selection": "argmax_reward (sample for power)", "threads": "2 CPU cores"},
               "summary": summary, "runs": runs}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
-    plot(summary, out.with_suffix(".png"))
-    print(json.dumps({k: [(p["n"], round(p["accuracy"]["mean"], 3), round(p["generated_tokens"]["mean"]))
-                          for p in v] for k, v in summary.items()}, indent=1))
+    return summary
 
 
 if __name__ == "__main__":
