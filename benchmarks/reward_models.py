@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import OmegaConf
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -132,8 +133,6 @@ def pair_run(name: str, seed: int, steps: int, workdir: Path) -> dict:
 def backbone(seed: int, steps: int, workdir: Path) -> str:
     """The same seed's Bradley-Terry model (part 1's when it ran with `steps`, else trained here) with its head
     re-drawn: features that know the responses, no answer."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
     source = workdir / f"bradley_terry-seed{seed}"
     if not source.exists():
         pair_run("bradley_terry", seed, steps, workdir)
@@ -168,8 +167,6 @@ def propensity_fit(world: str, seed: int, init: str) -> dict:
     """The causal_rm run's auxiliary models, refitted as its trainer fits them (same features, rows and seed), against
     the truth: the propensity model's mean absolute error and Pearson correlation with `true_propensity` (and the
     error of the best constant, the observed rate, for scale), and the estimated noise rates."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
     cfg = OmegaConf.to_object(compose(["recipe=reward-gaussian-prefs-tiny",
                                        *feedback_overrides("causal_rm", world, seed, 1, init)]))
     algo, synthetic = cfg.algorithm, cfg.algorithm.data.synthetic
