@@ -139,7 +139,8 @@ def generate(model, tokenizer, prompt_ids: list[list[int]], decoding: Decoding, 
     seed: an int makes the sampling reproducible (the same seed, the same completions); a torch.Generator gives this
         call a seed drawn from it (reproducible from its state, different on every call); None samples from the
         global RNG as it stands. An int or a generator leaves the global RNG as it was.
-    logits_processors: run after generate's own (temperature, top-p), on the distribution each token is chosen from.
+    logits_processors: run before generate's own warpers (temperature, top-p), on each step's raw logits (what
+        transformers does; align.decode's log p recorder relies on it and its tests would catch a change).
     Stops a row at any of `stop_token_ids`.
     """
     device = next(model.parameters()).device
