@@ -590,7 +590,7 @@ def _validate_model(model: ModelConfig) -> None:
 
 def _validate_run(cfg: AlignConfig, in_sweep: bool) -> None:
     """A named run for resume=auto, the evaluation schedule, the answer regex, and hint demonstrations only for a
-    method that writes hints. (The audit's prompt sets are read by `align.runs.check_before_start`.)"""
+    method that writes hints. (The audit's prompt sets are read by `align.audit.prompts.check_eval_prompt_sets`.)"""
     t = cfg.trainer
     if cfg.resume == "auto" and not (t.run_name or t.output_dir or in_sweep):
         raise ConfigError("resume=auto continues the run in a fixed directory, but the default run name has a "

@@ -21,13 +21,14 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from align.audit.prompts import check_eval_prompt_sets
 from align.cluster import adopt_slurm_environment
 from align.compose import RECIPES_DIR, RecipeError, check_config, resolve_recipe_args
 from align.config import CONFIGS_DIR, AlignConfig, ConfigError, validate
 from align.console import help_text, quiet_dependencies
 from align.methods import register_configs
 from align.registry import method_named
-from align.run_dir import RunFinished
+from align.run_dir import RunFinished, check_run_dir
 from align.tracking import redact_text
 
 
@@ -38,13 +39,14 @@ def run(cfg: DictConfig) -> dict:
     from and returns `{"stopped_during": phase, "kept": what, "exit_code": status}` instead."""
     config: AlignConfig = OmegaConf.to_object(cfg)
     validate(config)
+    check_run_dir(config)
+    check_eval_prompt_sets(config.eval)
     quiet_dependencies(config.logger.backend)  # first: some dependency noise is printed at import
     # Imported once the config is valid: they load torch, transformers and TRL (seconds), and a config error must
     # print at once.
     from align import runs
     from align.preemption import STOP, Stopped
 
-    runs.check_before_start(config)
     with STOP.installed():
         try:
             summary = _run(config, cfg)

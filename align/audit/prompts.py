@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from align.config import ConfigError
+
 SHIPPED_DIR = Path(__file__).parent / "prompts"
 SHIPPED = {
     # Word problems of the embedded chat arithmetic task (align.data.synthetic.chat_row), with answers.
@@ -96,3 +98,13 @@ def load_prompts(source: str) -> PromptSet:
     if not prompts:
         raise AuditInputError(f"prompt file {source} holds no prompts")
     return PromptSet(source, prompts, answers, hashlib.sha256(text.encode()).hexdigest())
+
+
+def check_eval_prompt_sets(eval_config) -> None:
+    """With eval.audit on, both prompt sets must be readable: ConfigError naming the key otherwise, before a run
+    loads anything."""
+    for key in ("audit_target", "audit_control") if eval_config.audit else ():
+        try:
+            load_prompts(getattr(eval_config, key))
+        except AuditInputError as err:
+            raise ConfigError(f"eval.{key}: {err}.") from None

@@ -6,16 +6,16 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from align.audit.prompts import check_eval_prompt_sets
 from align.config import ConfigError
-from align.runs import check_before_start
 from tests.conftest import compose
 
 
 def test_a_missing_audit_prompt_file_is_refused_before_loading(tiny_run, tmp_path):
     cfg = compose(tiny_run + ["eval.audit=true", f"eval.audit_control={tmp_path / 'none.jsonl'}"])
     with pytest.raises(ConfigError, match=r"eval.audit_control: prompt file .*none.jsonl does not exist"):
-        check_before_start(OmegaConf.to_object(cfg))
-    check_before_start(OmegaConf.to_object(compose(tiny_run + ["eval.audit=true"])))  # the shipped sets
+        check_eval_prompt_sets(OmegaConf.to_object(cfg).eval)
+    check_eval_prompt_sets(OmegaConf.to_object(compose(tiny_run + ["eval.audit=true"])).eval)  # the shipped sets
 
 
 @pytest.mark.slow
