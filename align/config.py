@@ -104,9 +104,10 @@ class SyntheticConfig:
     operators: List[str] = field(default_factory=lambda: ["+"])
     seed: int = 0
     sloppy_fraction: float = 0.0  # share of training solutions that forget carries/borrows (answers stay true)
+    min_carries: int = 0  # keep only problems whose solution carries (or borrows) at least this often: a hard split
 
     limits: ClassVar[dict] = {"task": SYNTHETIC_TASKS, "num_train": ">= 1", "num_eval": ">= 0", "digits": ">= 1",
-                              "seed": ">= 0", "sloppy_fraction": "[0, 1]"}
+                              "seed": ">= 0", "sloppy_fraction": "[0, 1]", "min_carries": ">= 0"}
 
 
 @dataclass

@@ -97,7 +97,8 @@ BAD_INPUT = [
     ("model-is-data", lambda tmp: ["model.path=" + str(Path(_write(tmp / "train.jsonl", b"{}")).parent)],
      "is a directory without config.json, so not a model checkpoint"),
     ("sft-column", lambda tmp: ["recipe=sft-arithmetic-tiny", "algorithm.completion_column=nope"],
-     "'hints']. Set algorithm.completion_column to one of them."),  # not data.columns.nope, which does not exist
+     # not data.columns.nope, which does not exist:
+     "'hints', 'carries']. Set algorithm.completion_column to one of them."),
     # Checked before Hydra starts, without importing torch, TRL or datasets (test_cheap_checks_import_nothing_heavy):
     ("reward-name", lambda tmp: ["reward.sources=[{name: boxd_match}]"],
      "reward.sources[0].name: Unknown reward source 'boxd_match'. Did you mean 'boxed_match'?"),

@@ -99,10 +99,11 @@ def _load_synthetic(cfg: DataConfig) -> tuple[datasets.Dataset, datasets.Dataset
     s = cfg.synthetic
     try:
         train, held_out = TASKS[s.task](s.num_train, s.num_eval, digits=s.digits, operators=tuple(s.operators),
-                                        seed=s.seed, sloppy_fraction=s.sloppy_fraction)
+                                        seed=s.seed, sloppy_fraction=s.sloppy_fraction,
+                                        min_carries=s.min_carries)
     except ValueError as e:  # too many rows for the problem space, bad operator, bad digits
         raise DataError(f"data.synthetic ({s.task}): {e} Adjust data.synthetic.num_train / num_eval / digits / "
-                        f"operators.") from e
+                        f"operators / min_carries.") from e
     return rows_to_dataset(train), (rows_to_dataset(held_out) if held_out else None)
 
 

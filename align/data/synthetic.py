@@ -110,18 +110,23 @@ def arithmetic_row(a: int, op: str, b: int, sloppy: bool = False) -> dict:
     answer = a + b if op == "+" else a - b
     return {"prompt": [{"role": "user", "content": f"Compute {a}{op}{b}."}], "answer": str(answer),
             "solution": solution, "demonstration": worked(True)[0] if sloppy else solution,
-            "hints": gold_hints(op, steps)}
+            "hints": gold_hints(op, steps), "carries": sum(", carry 1" in s or ", borrow 1" in s for s in steps)}
 
 
 def arithmetic(num_rows: int, *, digits: int = 2, operators: tuple[str, ...] = ("+",), seed: int = 0,
-               sloppy_fraction: float = 0.0, exclude: set[str] | None = None) -> list[dict]:
-    """`num_rows` distinct problems with operands of exactly `digits` digits.
+               sloppy_fraction: float = 0.0, min_carries: int = 0, exclude: set[str] | None = None) -> list[dict]:
+    """`num_rows` distinct problems with operands of exactly `digits` digits and at least `min_carries` carries.
 
+    A problem's `carries` counts the columns whose correct solution passes a carry (or borrow) on: the steps a
+    teacher who forgets carries gets wrong, so `min_carries` > 0 makes a split that such a model cannot solve.
     `exclude` holds question strings that must not appear (used to keep the held-out split disjoint from train).
     Raises ValueError when the problem space is too small for the request.
     """
     if digits < 1:
         raise ValueError(f"digits must be >= 1, got {digits}.")
+    if min_carries > digits - 1:
+        raise ValueError(f"a {digits}-digit problem carries at most {digits - 1} time(s); min_carries={min_carries} "
+                         f"leaves none.")
     for op in operators:
         if op not in OPERATORS:
             raise ValueError(f"Unsupported operator '{op}'; choose from {OPERATORS}.")
@@ -132,12 +137,16 @@ def arithmetic(num_rows: int, *, digits: int = 2, operators: tuple[str, ...] = (
         raise ValueError(f"Only {space - len(seen)} distinct {digits}-digit problems are available; "
                          f"asked for {num_rows}.")
     rng = random.Random(seed)
-    rows = []
+    rows, draws = [], 0
     while len(rows) < num_rows:
+        draws += 1
+        if draws > 100 * num_rows + 100_000:  # `space` counts problems of any carry count: the filter may leave fewer
+            raise ValueError(f"Found only {len(rows)} distinct {digits}-digit problems with at least {min_carries} "
+                             f"carries; asked for {num_rows}.")
         a, op, b = rng.randint(low, high), rng.choice(operators), rng.randint(low, high)
         row = arithmetic_row(a, op, b, sloppy=rng.random() < sloppy_fraction)
         question = row["prompt"][0]["content"]
-        if question not in seen:
+        if question not in seen and row["carries"] >= min_carries:
             seen.add(question)
             rows.append(row)
     return rows

@@ -6,7 +6,7 @@ import pytest
 
 from align.config import DataConfig, SyntheticConfig
 from align.data import TASKS, DataError, load_splits
-from align.data.synthetic import arithmetic, arithmetic_splits
+from align.data.synthetic import arithmetic, arithmetic_row, arithmetic_splits
 
 QUESTION = re.compile(r"^Compute (\d+)([+-])(\d+)\.$")
 
@@ -65,9 +65,11 @@ def test_unknown_operator_is_an_error():
 
 
 def test_load_splits_synthetic_uses_the_config():
-    cfg = DataConfig(synthetic=SyntheticConfig(num_train=30, num_eval=7, digits=3, operators=["-"], seed=5))
+    cfg = DataConfig(synthetic=SyntheticConfig(num_train=30, num_eval=7, digits=3, operators=["-"], seed=5,
+                                               min_carries=1))
     train, held_out = load_splits(cfg, required=("prompt", "answer", "solution"))
-    expected_train, expected_held_out = TASKS["arithmetic"](30, 7, digits=3, operators=("-",), seed=5)
+    expected_train, expected_held_out = TASKS["arithmetic"](30, 7, digits=3, operators=("-",), seed=5,
+                                                            min_carries=1)
     assert train.to_list() == expected_train
     assert held_out.to_list() == expected_held_out
 
@@ -105,3 +107,28 @@ def test_chat_task_loads_through_the_data_config():
     cfg = DataConfig(synthetic=SyntheticConfig(task="arithmetic_chat", num_train=8, num_eval=4))
     train, held_out = load_splits(cfg, required=("prompt", "answer", "solution"))
     assert [m["role"] for m in train[0]["prompt"]] == ["system", "user"] and len(held_out) == 4
+
+
+@pytest.mark.parametrize(("a", "op", "b", "carries"), [
+    (123, "+", 456, 0), (487, "+", 398, 2), (187, "+", 111, 0), (95, "+", 17, 1), (999, "+", 1, 2),
+    (52, "-", 17, 1), (500, "-", 1, 2), (987, "-", 123, 0)])
+def test_carries_count_the_columns_that_pass_a_carry_or_borrow_on(a, op, b, carries):
+    # 187+111: 8+1 = 9 and 1+1 = 2 pass nothing on; a carry out of the last column (999+1 -> 1000 would) is not one
+    # the next column must add, so it does not count.
+    assert arithmetic_row(a, op, b)["carries"] == carries
+
+
+def test_min_carries_keeps_only_problems_a_carry_forgetting_teacher_gets_wrong():
+    hard = arithmetic(200, digits=3, min_carries=2, sloppy_fraction=1.0)
+    assert len(hard) == 200 and all(row["carries"] == 2 for row in hard)
+    for row in hard:  # every sloppy demonstration's worked answer is wrong
+        assert not row["demonstration"].endswith(f"\\boxed{{{row['answer']}}}")
+    assert any(row["carries"] == 0 for row in arithmetic(50, digits=3))
+
+
+def test_min_carries_beyond_what_the_digits_allow_is_an_error():
+    with pytest.raises(ValueError, match=r"a 2-digit problem carries at most 1 time\(s\)"):
+        arithmetic(5, digits=2, min_carries=2)
+    # 2-digit additions with a carry: 3,645 of 8,100; the filter runs out before 4,000 and says so.
+    with pytest.raises(ValueError, match="Found only 3645 distinct 2-digit problems with at least 1 carries"):
+        arithmetic(4000, digits=2, min_carries=1)
