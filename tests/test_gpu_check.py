@@ -21,7 +21,7 @@ def test_dry_mode_runs_every_method_and_writes_one_result_each(tmp_path):
             assert result["tokens_per_s"] > 0 and "update" in result["phase_shares"]
             assert all(0 <= share <= 1.01 for share in result["phase_shares"].values())
     policy = {r["recipe"]: r["phase_shares"] for r in results}
-    assert "generation" in policy["grpo-arithmetic-tiny"] and "hint_generation" in policy["sage-arithmetic-tiny"]
+    assert "generation" in policy["grpo-arithmetic-tiny"] and "hint_writing" in policy["sage-arithmetic-tiny"]
 
 
 def test_dry_mode_needs_its_own_out_dir(capsys):

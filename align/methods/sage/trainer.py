@@ -92,12 +92,13 @@ class AlignSAGETrainer(AlignGRPOTrainer):
     Adds every step: sage/collapsed_frac_before (SAGE) and sage/collapsed_frac_after, sage/hints_requested,
     sage/hints_parsed, sage/hints_failed (unparsable attempts), sage/hints_leaked, sage/hints_reused (SAGE-LIGHT),
     sage/level_{0,1,2,3}_frac (level each group was trained at), sage/reward_before (SAGE, the unhinted probe) and
-    sage/reward_after, timing/hint_generation_s (hint writing and re-rolls); GRPO's groups/never_solved_frac counts
-    the final groups.
+    sage/reward_after, timing/hint_writing_s (the policy writing hints) and timing/hinted_rollout_s (SAGE's re-rolls
+    with a hint; SAGE-LIGHT's one rollout counts as generation); GRPO's groups/never_solved_frac counts the final
+    groups.
     Writes every usable hint to `<output_dir>/hints-rank<r>.jsonl`.
     """
 
-    _rollout_phases = (*AlignGRPOTrainer._rollout_phases, "hint_generation")
+    _rollout_phases = (*AlignGRPOTrainer._rollout_phases, "hint_writing", "hinted_rollout")
 
     def __init__(self, *args, sage: SAGEAlgorithmConfig, **kwargs):
         super().__init__(*args, **kwargs)
@@ -263,7 +264,7 @@ class AlignSAGETrainer(AlignGRPOTrainer):
                 break
             temperature = cfg.temperature if attempt == 0 else cfg.retry_temperature
             with self._decoding(temperature, cfg.max_tokens):
-                _, completion_ids, _ = self._padded_generate([requests[g] for g in pending], num_generations=1)
+                _, completion_ids, _ = self._padded_generate([requests[g] for g in pending], 1, "hint_writing")
             texts = self._decode(None, [], completion_ids[:len(pending)])
             retry = []
             for g, text in zip(pending, texts, strict=True):
@@ -287,7 +288,7 @@ class AlignSAGETrainer(AlignGRPOTrainer):
         """
         G = self.num_generations
         messages = [p for p in hinted for _ in range(G)]
-        prompt_ids, completion_ids, logprobs = self._padded_generate(messages, G)
+        prompt_ids, completion_ids, logprobs = self._padded_generate(messages, G, "hinted_rollout")
         # Filler rows (other ranks had more groups) are scored against row 0 too, so every rank's reward call has
         # the same size, and then dropped.
         index = [s + j for s in starts for j in range(G)]
@@ -299,8 +300,9 @@ class AlignSAGETrainer(AlignGRPOTrainer):
         return _Rollout(prompt_ids[:n], completion_ids[:n], completions[:n],
                         None if logprobs is None else logprobs[:n], rewards[:n])
 
-    def _padded_generate(self, messages: list, num_generations: int) -> tuple[list, list, list | None]:
-        """Tokenize and generate for `messages`, padded with filler prompts to the same count on every rank.
+    def _padded_generate(self, messages: list, num_generations: int, phase: str) -> tuple[list, list, list | None]:
+        """Tokenize and generate for `messages`, padded with filler prompts to the same count on every rank; the
+        generation is timed as `phase`.
 
         Returns (prompt_ids, completion_ids, sampling logprobs) for the padded list: the caller's messages first.
         The filler is repeated in whole groups of `num_generations`, so vLLM server mode's per-group dedup holds.
@@ -312,7 +314,7 @@ class AlignSAGETrainer(AlignGRPOTrainer):
         # TRL's own rendering for text-only prompts without tools (SAGE refuses tools, environments and VLMs).
         prompt_ids = chat_prompt_ids(self.processing_class, fill_to(messages, width, filler),
                                      **self.chat_template_kwargs)
-        with self._phases("hint_generation"):
+        with self._phases(phase):
             completion_ids, logprobs = self._generate_single_turn(prompt_ids, None, {}, num_generations)
         return list(prompt_ids), list(completion_ids), None if logprobs is None else list(logprobs)
 
