@@ -35,3 +35,23 @@ def pad_right(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, to
         ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
         mask[i, :len(s)] = 1
     return ids, mask
+
+
+def split_by_length(attention_mask: torch.Tensor) -> list[tuple[torch.Tensor, int]]:
+    """Two buckets of the rows of a left-padded batch, each cut to its own width: [(row indices, first column)].
+
+    `attention_mask` (B, T), B >= 2, marks real tokens of left-padded prompts followed by (right-padded) completions.
+    Rows are ordered by their left padding and cut in two where the padded area sum(rows x width) is smallest, so a
+    few long prompts no longer widen every row. Each bucket keeps the columns from its first non-padding column on;
+    every bucket is non-empty. Together the buckets hold every row exactly once.
+    """
+    rows, width = attention_mask.shape
+    if rows < 2:
+        raise ValueError(f"split_by_length needs at least 2 rows, got {rows}.")
+    left_pad = attention_mask.ne(0).int().argmax(dim=1)  # index of each row's first real token
+    order = torch.argsort(left_pad, descending=True, stable=True)  # shortest prompts (most padding) first
+    pads = left_pad[order].tolist()
+    # Cut after row k (1 <= k < rows): the first bucket spans width - pads[k - 1] columns, the second width - pads[-1].
+    area = [k * (width - pads[k - 1]) + (rows - k) * (width - pads[-1]) for k in range(1, rows)]
+    k = 1 + min(range(len(area)), key=area.__getitem__)
+    return [(order[:k], pads[k - 1]), (order[k:], pads[-1])]

@@ -213,3 +213,38 @@ def test_sage_with_a_lora_adapter_writes_hints_through_the_peft_model(hint_write
     trainer.train()
     # a fresh adapter starts as the identity, so the policy still writes the hint it was taught
     assert logged(trainer, "sage/hints_parsed") == [2.0] and logged(trainer, "sage/level_3_frac") == [1.0]
+
+
+def test_loss_forwards_short_and_long_prompts_separately_with_the_same_logprobs(hint_writer, tmp_path):
+    """Hinted prompts are long: the log-probs are computed in two buckets cut to their own width, and equal TRL's
+    whole-batch forward on every completion token."""
+    from align.methods.grpo.trainer import AlignGRPOTrainer
+    from align.tokens import chat_ids
+
+    trainer = make_trainer(hint_writer, tmp_path / "run")
+    tokenizer, pad = trainer.processing_class, trainer.processing_class.pad_token_id
+    questions = ["Compute 12+34.", "Compute 5+6.\nHint: " + "add the ones first, then the tens; " * 4,
+                 "Compute 70+8.", "Compute 41+41.\nHint: one"]
+    prompts = [chat_ids(tokenizer, [{"role": "user", "content": q}], add_generation_prompt=True) for q in questions]
+    completions = [tokenizer("2+4=6; 1+3=4.")["input_ids"], tokenizer("11")["input_ids"],
+                   tokenizer("0+8=8; 7+0=7. Answer: 78")["input_ids"], tokenizer("82")["input_ids"]]
+    width, length = max(map(len, prompts)), max(map(len, completions))
+    ids = torch.tensor([[pad] * (width - len(p)) + p + c + [pad] * (length - len(c))
+                        for p, c in zip(prompts, completions)])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * (len(p) + len(c)) + [0] * (length - len(c))
+                         for p, c in zip(prompts, completions)])
+    widths = []
+    hook = trainer.model.register_forward_hook(lambda module, args, kwargs, out: widths.append(
+        kwargs["input_ids"].shape), with_kwargs=True)
+    with torch.no_grad():
+        logps, entropies, _ = trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, length,
+                                                                         compute_entropy=True)
+        whole, whole_entropies, _ = AlignGRPOTrainer._get_per_token_logps_and_entropies(
+            trainer, trainer.model, ids, mask, length, compute_entropy=True)
+    hook.remove()
+    (rows_a, width_a), (rows_b, width_b), whole_shape = widths  # two buckets, then TRL's one forward
+    assert rows_a + rows_b == 4 and whole_shape == (4, width + length)
+    assert width_a < width + length == width_b  # the short prompts' bucket lost the long prompt's padding
+    real = mask[:, width:].bool()
+    torch.testing.assert_close(logps[real], whole[real], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(entropies[real], whole_entropies[real], atol=1e-5, rtol=1e-5)

@@ -56,6 +56,7 @@ from align.methods.sage.config import SAGEAlgorithmConfig
 from align.methods.sage.hints import hint_request, leaks_answer, parse_hints, question_text, with_hint
 from align.methods.sage.math import LEVELS, HintState, collapsed, escalate, next_light_level
 from align.rollout import GroupStats, combine_rewards, group_stats, prompt_key
+from align.tokens import split_by_length
 
 logger = logging.get_logger(__name__)
 
@@ -131,6 +132,32 @@ class AlignSAGETrainer(AlignGRPOTrainer):
         if self.sage.schedule == "sage_light":
             return self._light_rollout(prompts)
         return self._sage_rollout(prompts)
+
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
+                                           compute_entropy=False, compute_aux_loss=False, **inputs):
+        """TRL's log-probs and entropies, forwarded in two buckets of rows by prompt length.
+
+        A hinted prompt is several times longer than an unhinted one and TRL pads every row of a batch to the longest,
+        so one hinted group would widen every row of the loss. Each bucket is cut to its own width: the log-probs are
+        the same up to float rounding (padding is masked; rotary positions shift by a constant, which attention does
+        not see). Every rank makes the same number of forwards (ZeRO-3 gathers weights per forward), so a batch is
+        split only when every rank has at least two rows; multimodal inputs and MoE auxiliary losses take TRL's path.
+        """
+        def whole_batch():
+            return super(AlignSAGETrainer, self)._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy=compute_entropy,
+                compute_aux_loss=compute_aux_loss, **inputs)
+
+        if compute_aux_loss or any(v is not None for v in inputs.values()) or self._min_over_ranks(len(input_ids)) < 2:
+            return whole_batch()
+        buckets = split_by_length(attention_mask)
+        parts = [super(AlignSAGETrainer, self)._get_per_token_logps_and_entropies(
+            model, input_ids[rows, start:], attention_mask[rows, start:], logits_to_keep, batch_size,
+            compute_entropy=compute_entropy) for rows, start in buckets]
+        inverse = torch.argsort(torch.cat([rows for rows, _ in buckets]))
+        logps = torch.cat([p[0] for p in parts])[inverse]
+        entropies = torch.cat([p[1] for p in parts])[inverse] if compute_entropy else None
+        return logps, entropies, None
 
     def _rewards_per_func(self, inputs, prompts, completions, completion_ids_list) -> torch.Tensor:
         if self._final_rewards is None:
@@ -322,8 +349,13 @@ class AlignSAGETrainer(AlignGRPOTrainer):
         return self._max_over_ranks(int(flag)) > 0
 
     def _max_over_ranks(self, value: int) -> int:
+        if self.accelerator.num_processes == 1:
+            return value
         local = torch.tensor(value, device=self.accelerator.device)
         return int(self.accelerator.reduce(local, reduction="max").item())
+
+    def _min_over_ranks(self, value: int) -> int:
+        return -self._max_over_ranks(-value)
 
     @contextmanager
     def _decoding(self, temperature: float, max_tokens: int):
