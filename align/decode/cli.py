@@ -198,12 +198,14 @@ def _run(args: argparse.Namespace) -> dict:
     model, tokenizer = load_policy(args.policy)
 
     from align.decode.methods import decode, gate_rows  # lazy: imports torch and transformers, after the checks
+    from align.timing import PhaseTimer
 
     bar = phase_progress(range(len(prompts)), f"decode {args.method}", total=len(prompts))
     ticks = iter(bar)
+    timer = PhaseTimer()
     results = decode(model, tokenizer, prompts, answers, args.method, engine_settings, source=source,
                      batch_size=args.batch_size, seed=args.seed,
-                     progress=lambda done: [next(ticks, None) for _ in range(done)])
+                     progress=lambda done: [next(ticks, None) for _ in range(done)], timer=timer)
     scores = _score(results, prompts, answers, metric)
     # lazy: align.methods loads TRL; the name is held-out evaluation's, so the gate pairs decoding with a training run
     from align.methods.common import eval_task_name
@@ -212,22 +214,31 @@ def _run(args: argparse.Namespace) -> dict:
     rows = gate_rows(results, prompts, answers, scores, task=task, metric=metric_name or "reward",
                      method=args.method)
     write_jsonl(rows, out)
-    summary = summarize(rows)
-    print(f"[align] decode {args.method}: {len(rows)} prompts, mean score {summary['mean_score']}, "
-          f"{summary['generated_tokens']:.1f} generated tokens and {summary['reward_calls']:.1f} reward calls per "
-          f"prompt\n[align] wrote {out}", file=sys.stderr, flush=True)
+    summary = summarize(rows, timer.seconds)
+    phases = ", ".join(f"{phase} {seconds:.2f}" for phase, seconds in summary["seconds"].items())
+    print(f"[align] decode {args.method}: {len(rows)} prompts, mean score {summary['mean_score']}; per prompt "
+          f"{summary['generated_tokens']:.1f} generated tokens, {summary['forward_tokens']:.0f} forward tokens, "
+          f"{summary['reward_calls']:.1f} reward calls, seconds: {phases}\n"
+          f"[align] wrote {out}", file=sys.stderr, flush=True)
     return {**summary, "out": str(out), "rows": len(rows)}
 
 
-def summarize(rows: list[dict]) -> dict:
-    """Mean score (None when a row has none) and mean generated tokens / reward calls per prompt."""
+def summarize(rows: list[dict], seconds: dict[str, float]) -> dict:
+    """Mean score (None when a row has none) and the mean cost per prompt: generated tokens, forward tokens, reward
+    calls, and the wall `seconds` per phase of the whole run shared evenly."""
     scores = [row["score"] for row in rows]
     mean = None if any(s is None for s in scores) else sum(scores) / len(scores)
-    return {"mean_score": mean, "generated_tokens": sum(r["generated_tokens"] for r in rows) / len(rows),
-            "reward_calls": sum(r["reward_calls"] for r in rows) / len(rows)}
+
+    def per_prompt(cost) -> float:
+        return sum(cost(r) for r in rows) / len(rows)
+
+    return {"mean_score": mean, "generated_tokens": per_prompt(lambda r: r["generated_tokens"]),
+            "forward_tokens": per_prompt(lambda r: r["forward_tokens"]),
+            "reward_calls": per_prompt(lambda r: r["reward_calls"]),
+            "seconds": {phase: total / len(rows) for phase, total in seconds.items()}}
 
 
 def main(argv: list[str] | None = None) -> dict:
-    """Run the CLI on `argv` (default: sys.argv[1:]); returns the summary (mean_score, generated_tokens,
-    reward_calls per prompt, out, rows). A user error prints `align: error: ...` to stderr and exits with code 2."""
+    """Run the CLI on `argv` (default: sys.argv[1:]); returns the summary (mean_score and the cost per prompt:
+    generated_tokens, forward_tokens, reward_calls, seconds per phase; out, rows). A user error prints `align: error: ...` to stderr and exits with code 2."""
     return run_cli(_parser(), _run, argv)

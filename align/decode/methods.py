@@ -8,7 +8,9 @@
     power      no reward (lambda 0), alpha > 1 with tau = 1/alpha proposals: SMC towards p^alpha
 
 A row carries what `python -m align.gate` pairs item by item (task, doc_id, metric, score, confidence, prompt,
-answer) plus the chosen completion, its reward, and the cost: generated tokens and reward calls for the prompt.
+answer) plus the chosen completion, its reward, and the cost: generated tokens, LM forward tokens and reward calls
+for the prompt. Wall time is not in the rows (the same seed gives the same file); `decode` adds it per phase to a
+`PhaseTimer` the caller passes.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from dataclasses import replace
 import torch
 
 from align.decode import smc
-from align.decode.particles import Engine, Pool, Settings, choose
+from align.decode.particles import Engine, Pool, Settings, choose, forward_tokens
 from align.generation import Decoding, chat_prompt_ids, generate
+from align.timing import PhaseTimer
 
 METHODS = ("greedy", "sample", "best_of_n", "smc", "power")
 DEFAULT_SELECTION = {"greedy": "sample", "sample": "sample", "best_of_n": "argmax_reward", "smc": "sample",
@@ -62,36 +65,41 @@ def pool_stats(pool: Pool) -> dict:
 
 
 def run_engine(model, tokenizer, prompt_ids: list[list[int]], settings: Settings, reward: Callable | None,
-               generator: torch.Generator) -> list[dict]:
+               generator: torch.Generator, timer: PhaseTimer | None = None) -> list[dict]:
     """One batch of prompts through the engine: per prompt the chosen particle's text, reward, flags and cost."""
-    pools = Engine(model, tokenizer, settings, reward, generator).run(prompt_ids)
+    pools = Engine(model, tokenizer, settings, reward, generator, timer).run(prompt_ids)
     results = []
     for pool in pools:
         chosen = pool.particles[choose(pool, tokenizer, settings.selection, generator)]
         results.append({"completion": tokenizer.decode(chosen.tokens, skip_special_tokens=True),
                         "reward": chosen.reward, "finished": chosen.finished, "truncated": chosen.truncated,
-                        "generated_tokens": pool.generated_tokens, "reward_calls": pool.reward_calls,
-                        "smc": pool_stats(pool)})
+                        "generated_tokens": pool.generated_tokens, "forward_tokens": pool.forward_tokens,
+                        "reward_calls": pool.reward_calls, "smc": pool_stats(pool)})
     return results
 
 
-def run_greedy(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int,
-               reward: Callable | None) -> list[dict]:
+def run_greedy(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int, reward: Callable | None,
+               timer: PhaseTimer | None = None) -> list[dict]:
     """Greedy completions, each scored once by the reward (when there is one)."""
-    out = generate(model, tokenizer, prompt_ids, Decoding(max_new_tokens))
+    timer = timer or PhaseTimer()
+    with timer("generate"):
+        out = generate(model, tokenizer, prompt_ids, Decoding(max_new_tokens))
     texts = out.texts(tokenizer)
-    rewards = reward(list(range(len(texts))), texts) if reward is not None else [None] * len(texts)
+    with timer("score"):
+        rewards = reward(list(range(len(texts))), texts) if reward is not None else [None] * len(texts)
     return [{"completion": text, "reward": r, "finished": done, "truncated": not done, "generated_tokens": len(ids),
-             "reward_calls": int(reward is not None), "smc": None}
-            for text, r, done, ids in zip(texts, rewards, out.finished, out.completion_ids)]
+             "forward_tokens": forward_tokens(prompt, ids), "reward_calls": int(reward is not None),
+             "smc": None}
+            for prompt, text, r, done, ids in zip(prompt_ids, texts, rewards, out.finished, out.completion_ids)]
 
 
 def decode(model, tokenizer, prompts: list, answers: list | None, method: str, settings: Settings, *,
            source: Callable | None = None, batch_size: int = 4, seed: int = 0,
-           progress: Callable[[int], None] | None = None) -> list[dict]:
+           progress: Callable[[int], None] | None = None, timer: PhaseTimer | None = None) -> list[dict]:
     """Decode every chat-message prompt with `method`, `batch_size` prompts (x N particles) per engine run, one
     torch.Generator seeded with `seed` for everything: per prompt, in order, a result dict (completion, reward,
-    finished, truncated, generated_tokens, reward_calls, smc statistics or None)."""
+    finished, truncated, generated_tokens, forward_tokens, reward_calls, smc statistics or None). `timer` (when
+    given) accumulates the wall time per phase: generate, score, lookahead, move, resample."""
     settings = method_settings(method, settings)
     generator = torch.Generator().manual_seed(seed)
     results: list[dict] = []
@@ -100,9 +108,9 @@ def decode(model, tokenizer, prompts: list, answers: list | None, method: str, s
         reward = batch_reward(source, batch, None if answers is None else answers[start:start + batch_size])
         ids = chat_prompt_ids(tokenizer, batch)
         if method == "greedy":
-            results += run_greedy(model, tokenizer, ids, settings.max_new_tokens, reward)
+            results += run_greedy(model, tokenizer, ids, settings.max_new_tokens, reward, timer)
         else:
-            results += run_engine(model, tokenizer, ids, settings, reward, generator)
+            results += run_engine(model, tokenizer, ids, settings, reward, generator, timer)
         if progress is not None:
             progress(len(batch))
     return results

@@ -27,6 +27,7 @@ from transformers import LogitsProcessor
 from align.decode import smc
 from align.generation import Decoding, generate
 from align.rewards.verifiers import extract_boxed
+from align.timing import PhaseTimer
 
 VARIANTS = ("prefix", "lookahead", "final")
 Reward = Callable[[list[int], list[str]], list]
@@ -77,12 +78,15 @@ class Particle:
 
 @dataclass
 class Pool:
-    """One prompt's particles, their log-weights (N,), log Z_hat and what it cost."""
+    """One prompt's particles, their log-weights (N,), log Z_hat and what it cost: tokens sampled, tokens the LM read
+    (`forward_tokens`: each generate call's prefill of prompt + prefix, then one position per further token) and
+    reward calls."""
 
     particles: list[Particle]
     logw: torch.Tensor
     log_z: float = 0.0
     generated_tokens: int = 0
+    forward_tokens: int = 0
     reward_calls: int = 0
     resamples: int = 0
     ess: list[float] = field(default_factory=list)
@@ -122,6 +126,12 @@ class Recorder(LogitsProcessor):
                 [row[:len(ids)] for row, ids in zip(logq, completions)])
 
 
+def forward_tokens(row: list[int], new: list[int]) -> int:
+    """Positions the LM reads to sample `new` after `row` in one generate call: the prefill of `row` (which yields
+    the first new token), then one per further token."""
+    return len(row) + max(len(new) - 1, 0)
+
+
 def extend(model, tokenizer, rows: list[list[int]], tokens: int, tau: float, generator: torch.Generator,
            copies: int = 1):
     """Continue each row (prompt + prefix ids) by up to `tokens` tokens from q, `copies` continuations per row, in
@@ -137,11 +147,15 @@ def extend(model, tokenizer, rows: list[list[int]], tokens: int, tau: float, gen
 class Engine:
     """SMC over several prompts: `run` returns one `Pool` per prompt, its particles frozen or at max_new_tokens.
     Every step batches across prompts: one `generate` call (and one reward call) per block, per lookahead and per MH
-    sweep, for all the prompts' particles together."""
+    sweep, for all the prompts' particles together. `timer` (a fresh one unless given) adds up the wall time of the
+    phases: generate (the blocks), lookahead (its rollouts), move (MH proposals), score (every reward call),
+    resample."""
 
-    def __init__(self, model, tokenizer, settings: Settings, reward: Reward | None, generator: torch.Generator):
+    def __init__(self, model, tokenizer, settings: Settings, reward: Reward | None, generator: torch.Generator,
+                 timer: PhaseTimer | None = None):
         self.model, self.tokenizer, self.s, self.reward, self.generator = model, tokenizer, settings, reward, generator
         self.prompt_ids: list[list[int]] = []
+        self.timer = timer or PhaseTimer()
 
     def text(self, tokens: list[int]) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=True)
@@ -152,7 +166,8 @@ class Engine:
             return [0.0] * len(items)
         for pool, _ in items:
             pool.reward_calls += 1
-        values = self.reward([p.prompt for _, p in items], texts)
+        with self.timer("score"):
+            values = self.reward([p.prompt for _, p in items], texts)
         return [0.0 if r is None else float(r) for r in values]
 
     def run(self, prompt_ids: list[list[int]]) -> list[Pool]:
@@ -175,13 +190,15 @@ class Engine:
         length = len(live[0][1].tokens)  # live particles advance in lockstep
         tokens = min(self.s.block, self.s.max_new_tokens - length)
         rows = [self.prompt_ids[p.prompt] + p.tokens for _, p in live]
-        ids, finished, logp, logq = extend(self.model, self.tokenizer, rows, tokens, self.s.tau, self.generator)
+        with self.timer("generate"):
+            ids, finished, logp, logq = extend(self.model, self.tokenizer, rows, tokens, self.s.tau, self.generator)
         increments = []
-        for (pool, p), new, done, lp, lq in zip(live, ids, finished, logp, logq):
+        for (pool, p), row, new, done, lp, lq in zip(live, rows, ids, finished, logp, logq):
             p.tokens, p.logp, p.logq = p.tokens + new, p.logp + lp, p.logq + lq
             p.finished = done
             p.truncated = not done and len(p.tokens) >= self.s.max_new_tokens
             pool.generated_tokens += len(new)
+            pool.forward_tokens += forward_tokens(row, new)
             increments.append(smc.block_increment(torch.tensor(lp), torch.tensor(lq), self.s.alpha).item())
         for (pool, p), increment, psi in zip(live, increments, self.log_psi(live)):
             i = next(j for j, q in enumerate(pool.particles) if q is p)
@@ -210,11 +227,13 @@ class Engine:
             return []
         s, m = self.s, self.s.rollouts
         rows = [self.prompt_ids[p.prompt] + p.tokens for _, p in live]
-        ids, _, logp, logq = extend(self.model, self.tokenizer, rows, s.max_new_tokens - len(live[0][1].tokens),
-                                    s.tau, self.generator, copies=m)
+        with self.timer("lookahead"):
+            ids, _, logp, logq = extend(self.model, self.tokenizer, rows, s.max_new_tokens - len(live[0][1].tokens),
+                                        s.tau, self.generator, copies=m)
         items = [live[k // m] for k in range(len(ids))]
-        for (pool, _), x in zip(items, ids):
+        for k, ((pool, _), x) in enumerate(zip(items, ids)):
             pool.generated_tokens += len(x)
+            pool.forward_tokens += forward_tokens(rows[k // m], x)
         rewards = torch.tensor(self.score(items, [self.text(p.tokens + x) for (_, p), x in zip(items, ids)]),
                                dtype=torch.float64)
         terms = s.lam * rewards + torch.tensor([smc.block_increment(torch.tensor(lp), torch.tensor(lq), s.alpha)
@@ -228,7 +247,8 @@ class Engine:
         pool.ess.append(value)
         if value >= self.s.kappa * self.s.n:
             return []
-        ancestors = smc.resample(pool.logw, self.s.resampling, self.generator).tolist()
+        with self.timer("resample"):
+            ancestors = smc.resample(pool.logw, self.s.resampling, self.generator).tolist()
         pool.log_z += smc.log_mean_weight(pool.logw).item()
         pool.logw = torch.zeros_like(pool.logw)
         pool.resamples += 1
@@ -242,12 +262,14 @@ class Engine:
             return
         cuts = [int(torch.randint(len(p.tokens), (), generator=self.generator)) for _, p in items]
         rows = [self.prompt_ids[p.prompt] + p.tokens[:c] for (_, p), c in zip(items, cuts)]
-        ids, finished, logp, logq = extend(self.model, self.tokenizer, rows, len(items[0][1].tokens) - min(cuts),
-                                           self.s.tau, self.generator)
+        with self.timer("move"):
+            ids, finished, logp, logq = extend(self.model, self.tokenizer, rows, len(items[0][1].tokens) - min(cuts),
+                                               self.s.tau, self.generator)
         proposals = []
-        for (pool, p), c, new, done, lp, lq in zip(items, cuts, ids, finished, logp, logq):
+        for (pool, p), c, row, new, done, lp, lq in zip(items, cuts, rows, ids, finished, logp, logq):
             need = len(p.tokens) - c
             pool.generated_tokens += len(new)
+            pool.forward_tokens += forward_tokens(row, new)
             pool.mh_proposed += 1
             if len(new) > need or (len(new) == need and not done):  # no stop token among the needed ones
                 proposals.append((pool, p, c, p.tokens[:c] + new[:need], lp[:need], lq[:need]))

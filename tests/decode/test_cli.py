@@ -44,7 +44,7 @@ def outputs(tmp_path_factory) -> dict[str, Path]:
     for name, argv in runs.items():
         paths[name] = root / f"{name}.jsonl"
         summary = main([*argv, *FAST, "--out", str(paths[name])])
-        assert summary["rows"] == 3
+        assert summary["rows"] == 3 and summary["seconds"]["generate"] > 0 and summary["forward_tokens"] > 0
     return paths
 
 
@@ -54,7 +54,8 @@ def test_rows_carry_the_answer_its_score_the_cost_and_the_gate_fields(outputs):
         assert [r["doc_id"] for r in rows] == [0, 1, 2]
         for row in rows:
             assert {"task", "metric", "score", "confidence", "prompt", "answer", "completion", "reward",
-                    "generated_tokens", "reward_calls", "finished", "truncated"} <= set(row)
+                    "generated_tokens", "forward_tokens", "reward_calls", "finished", "truncated"} <= set(row)
+            assert row["forward_tokens"] >= row["generated_tokens"] > 0
             assert row["method"] == name and row["metric"] == "boxed_match" and row["score"] in (0.0, 1.0)
     smc_rows = _read(outputs["smc"])
     assert all(r["reward_calls"] >= 3 and r["smc"]["ess_min"] <= 3 + 1e-9 for r in smc_rows)

@@ -159,6 +159,28 @@ def test_finished_particles_are_carried_not_extended(toy, monkeypatch):
     assert all(len(p.tokens) == 4 for pool in pools for p in pool.particles if not p.finished)
 
 
+def test_forward_tokens_count_each_blocks_prefill_and_its_further_tokens(toy):
+    """Without resampling, a particle of n tokens drawn in blocks of B cost, per block, the prefill of the prompt and
+    its prefix (which yields the block's first token) and one position per further token; phases are timed."""
+    model, tokenizer = toy
+    block, settings = 2, Settings(n=4, block=2, max_new_tokens=5, lam=0.0, kappa=0.0, variant="final")
+    generator = torch.Generator().manual_seed(0)
+    engine = Engine(model, tokenizer, settings, None, generator)
+    pools = engine.run([PROMPT] * 6)
+    for pool in pools:
+        expected = 0
+        for p in pool.particles:
+            prefix = 0
+            while prefix < len(p.tokens):
+                size = min(block, len(p.tokens) - prefix)
+                expected += len(PROMPT) + prefix + size - 1
+                prefix += size
+        assert pool.forward_tokens == expected
+        assert pool.generated_tokens == sum(len(p.tokens) for p in pool.particles)
+    assert any(len(p.tokens) > block for pool in pools for p in pool.particles)  # some took several blocks
+    assert engine.timer.seconds["generate"] > 0 and not {"lookahead", "move"} & set(engine.timer.seconds)
+
+
 def test_deterministic_under_a_seed_with_resampling_and_moves(toy):
     model, tokenizer = toy
     settings = Settings(n=6, block=1, max_new_tokens=3, lam=2.0, kappa=1.0, mh_steps=2)
