@@ -49,6 +49,7 @@ from typing import Callable
 
 import torch
 
+from align.console import quiet_dependencies
 from align.decode.io import DecodeError, Parser, check_out, load_prompts, run_cli, write_jsonl
 from align.numerics import upcast
 
@@ -239,6 +240,7 @@ def _validate(args: argparse.Namespace) -> float | None:
 
 def _run(args: argparse.Namespace) -> dict:
     quantile = _validate(args)
+    quiet_dependencies("none")  # before the model loads: weight-loading bars and notices are dependency noise
     prompts, answers = load_prompts(args.prompts, args.prompt_column, args.num_prompts)
 
     # lazy: transformers and the reward models load only after every check has passed
