@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 from align.config import DataConfig, model_path_problem, reward_source_problem
-from align.console import phase_progress
+from align.console import phase_progress, quiet_dependencies
 from align.decode.io import DecodeError, Parser, check_out, load_prompts, run_cli, write_jsonl
 
 METHODS = ("greedy", "sample", "best_of_n", "smc", "power")  # align.decode.methods.METHODS, without importing torch
@@ -57,6 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     add("--mh-steps", type=int, default=1, help="MH rejuvenation moves per duplicate after a resample (prefix)")
     add("--rollouts", type=int, default=2, help="lookahead rollouts M per particle and boundary")
     add("--lam", type=float, default=4.0, help="lambda: reward tempering, pi ∝ p^alpha exp(lambda R)")
+    add("--calibrate", type=int, default=0, metavar="K", help="map the reward to sigmoid((r - mu) / sigma), mu and "
+                                                             "sigma from K samples of the policy (default 0: raw)")
     add("--alpha", type=float, default=None, help="power on p (default 1; power method 4)")
     add("--tau", type=float, default=None, help="proposal temperature (default 1; power method 1/alpha)")
     add("--selection", default=None, help=f"{', '.join(SELECTIONS)} (default: argmax_reward for best_of_n, else "
@@ -85,7 +87,8 @@ def reward_kwargs(pairs: list[str]) -> dict:
 def _check_numbers(args: argparse.Namespace) -> None:
     for flag, value, low in (("--n", args.n, 1), ("--block", args.block, 1), ("--max-new-tokens",
                              args.max_new_tokens, 1), ("--batch-size", args.batch_size, 1),
-                             ("--rollouts", args.rollouts, 1), ("--mh-steps", args.mh_steps, 0)):
+                             ("--rollouts", args.rollouts, 1), ("--mh-steps", args.mh_steps, 0),
+                             ("--calibrate", args.calibrate, 0)):
         if value < low:
             raise DecodeError(f"{flag} must be >= {low}; got {value}.")
     if args.num_prompts is not None and args.num_prompts < 1:
@@ -121,6 +124,9 @@ def _check_reward(args: argparse.Namespace) -> None:
     if args.method == "power" and args.reward is not None:
         raise DecodeError("--method power uses no reward (it samples towards p^alpha); drop --reward or use --method "
                           "smc.")
+    if args.calibrate and (args.reward is None or args.reward in FINAL_ONLY):
+        raise DecodeError(f"--calibrate maps a reward model's scores to (0, 1); {args.reward or 'no reward'} needs "
+                          f"none: drop --calibrate, or give --reward reward_model (or your own function).")
     if args.method == "smc" and args.variant == "prefix" and args.reward in FINAL_ONLY:
         raise DecodeError(f"--reward {args.reward} scores final answers only, so it cannot score partial text for "
                           f"--variant prefix; use --variant final or lookahead, or a reward model.")
@@ -190,6 +196,7 @@ def _score(rows: list[dict], prompts: list, answers: list | None, metric) -> lis
 
 def _run(args: argparse.Namespace) -> dict:
     out = validate(args)
+    quiet_dependencies("none")  # before the model loads: weight-loading bars and notices are dependency noise
     engine_settings = settings(args)
     source = reward_source(args.reward, reward_kwargs(args.reward_kwarg))
     prompts, answers = load_prompts(args.prompts, args.prompt_column, args.num_prompts)
@@ -197,8 +204,20 @@ def _run(args: argparse.Namespace) -> dict:
     metric = source if metric_name == args.reward else reward_source(metric_name, {})
     model, tokenizer = load_policy(args.policy)
 
-    from align.decode.methods import decode, gate_rows  # lazy: imports torch and transformers, after the checks
-    from align.timing import PhaseTimer
+    from align.decode.methods import calibrated, calibration, decode, gate_rows  # lazy: torch, after the checks
+    from align.timing import PhaseTimer  # lazy: imports torch
+
+    calibrated_by = None
+    if args.calibrate:
+        try:
+            mu, sigma = calibration(model, tokenizer, prompts, answers, source, args.calibrate, engine_settings,
+                                    args.seed)
+        except ValueError as err:
+            raise DecodeError(f"--calibrate {args.calibrate}: {err}") from None
+        calibrated_by = {"mu": mu, "sigma": sigma, "samples": args.calibrate}
+        print(f"[align] reward calibrated on {args.calibrate} policy samples: mu {mu:.4g}, sigma {sigma:.4g}",
+              file=sys.stderr, flush=True)
+        source = calibrated(source, mu, sigma)
 
     bar = phase_progress(range(len(prompts)), f"decode {args.method}", total=len(prompts))
     ticks = iter(bar)
@@ -220,7 +239,7 @@ def _run(args: argparse.Namespace) -> dict:
           f"{summary['generated_tokens']:.1f} generated tokens, {summary['forward_tokens']:.0f} forward tokens, "
           f"{summary['reward_calls']:.1f} reward calls, seconds: {phases}\n"
           f"[align] wrote {out}", file=sys.stderr, flush=True)
-    return {**summary, "out": str(out), "rows": len(rows)}
+    return {**summary, "calibration": calibrated_by, "out": str(out), "rows": len(rows)}
 
 
 def summarize(rows: list[dict], seconds: dict[str, float]) -> dict:
@@ -240,5 +259,6 @@ def summarize(rows: list[dict], seconds: dict[str, float]) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     """Run the CLI on `argv` (default: sys.argv[1:]); returns the summary (mean_score and the cost per prompt:
-    generated_tokens, forward_tokens, reward_calls, seconds per phase; out, rows). A user error prints `align: error: ...` to stderr and exits with code 2."""
+    generated_tokens, forward_tokens, reward_calls, seconds per phase; calibration or None; out, rows). A user
+    error prints `align: error: ...` to stderr and exits with code 2."""
     return run_cli(_parser(), _run, argv)

@@ -15,6 +15,8 @@ for the prompt. Wall time is not in the rows (the same seed gives the same file)
 
 from __future__ import annotations
 
+import math
+import statistics
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -52,6 +54,39 @@ def batch_reward(source: Callable | None, prompts: list, answers: list | None) -
         return source(prompts=[prompts[i] for i in indices], completions=texts, **columns)
 
     return reward
+
+
+def calibration(model, tokenizer, prompts: list, answers: list | None, source: Callable, samples: int,
+                settings: Settings, seed: int, batch_size: int = 32) -> tuple[float, float]:
+    """(mu, sigma) of `source`'s scores of `samples` completions drawn from the policy at the proposal temperature,
+    round robin over the prompts: the constants of the calibrated potential (`calibrated`). A generator of its own
+    (from `seed`) draws them, so calibrating leaves the decoding's random stream as it was. Raises ValueError when
+    fewer than two scores come back or all are equal."""
+    generator = torch.Generator().manual_seed(seed)
+    picks = [i % len(prompts) for i in range(samples)]
+    scores = []
+    for start in range(0, samples, batch_size):
+        chunk = picks[start:start + batch_size]
+        out = generate(model, tokenizer, chat_prompt_ids(tokenizer, [prompts[i] for i in chunk]),
+                       Decoding(settings.max_new_tokens, temperature=settings.tau), seed=generator)
+        columns = {} if answers is None else {"answer": [answers[i] for i in chunk]}
+        scores += [r for r in source(prompts=[prompts[i] for i in chunk], completions=out.texts(tokenizer),
+                                     **columns) if r is not None]
+    if len(scores) < 2 or statistics.pstdev(scores) == 0:
+        raise ValueError(f"calibration needs varied scores; the reward gave {len(scores)} score(s) of "
+                         f"{samples} samples{' all equal to ' + format(scores[0], '.4g') if scores else ''}. Use more "
+                         f"samples, or no calibration for a reward that is already in [0, 1].")
+    return statistics.fmean(scores), statistics.pstdev(scores)
+
+
+def calibrated(source: Callable, mu: float, sigma: float) -> Callable:
+    """`source` mapped to (0, 1) by sigmoid((r - mu) / sigma); None stays None. A reward model's raw scale is
+    arbitrary: calibrated, lambda means the same for every model (spec: potentials from reward sources)."""
+    def potential(prompts, completions, **columns) -> list:
+        return [None if r is None else 1.0 / (1.0 + math.exp(-(r - mu) / sigma))
+                for r in source(prompts=prompts, completions=completions, **columns)]
+
+    return potential
 
 
 def pool_stats(pool: Pool) -> dict:

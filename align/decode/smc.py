@@ -22,8 +22,10 @@ Z_beta(y_<s) = sum_v p(v | y_<s)^beta.
 Decisions the paper leaves open (the spec's [D]s), as implemented here and in `align.decode.particles`:
 - Potentials telescope: prefix rewards only shape the path and cancel in pi. A potential is any callable
   log Psi(x, tokens, finished); exp(lambda r) by default, and at the stop token Psi := exp(lambda R).
-- Rewards enter as given, or mapped to (0, 1) by sigmoid((r - center) / scale) with calibration constants the user
-  supplies; never normalised over one prompt's particles (a potential depends on one particle only).
+- Rewards enter as given, or calibrated (`--calibrate K`): mapped to (0, 1) by sigmoid((r - mu) / sigma), mu and
+  sigma the mean and standard deviation of the reward over K samples of the policy at the proposal temperature,
+  fixed before decoding starts (`align.decode.methods.calibration`). Never normalised over one prompt's particles (a
+  potential depends on one particle only).
 - Lookahead twist: V_hat = mean over M rollouts from q to completion of exp(lambda R(y^m)) prod_{s>t} p^alpha / q,
   in log space; V_hat is stored per particle and carried through resampling, and the next block's denominator reuses
   it (re-estimating would break the telescoping). Rollouts do not join the final pool.

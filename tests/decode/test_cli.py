@@ -4,6 +4,7 @@ decoding methods item by item, and the one-line errors for bad settings, which c
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -90,6 +91,9 @@ def test_the_same_seed_gives_the_same_file(outputs, tmp_path):
     (["--reward", "boxed_match", "--variant", "final", "--policy", "/nonexistent/policy"], "--policy"),
     (["--method", "power", "--ess-threshold", "2"], "--ess-threshold must lie in [0, 1]"),
     (["--method", "power", "--reward-kwarg", "x"], "KEY=VALUE"),
+    (["--reward", "boxed_match", "--variant", "final", "--calibrate", "8"], "boxed_match needs none"),
+    (["--method", "power", "--calibrate", "8"], "no reward needs none"),
+    (["--method", "power", "--calibrate", "-1"], "--calibrate must be >= 0"),
 ])
 def test_bad_settings_fail_on_one_line_before_any_model_loads(argv, message, capsys, tmp_path):
     line = _error([*argv, "--out", str(tmp_path / "o.jsonl")], capsys)
@@ -100,3 +104,33 @@ def test_module_help_and_best_of_n_alias_stay_fast():
     for module in ("align.decode", "align.best_of_n"):
         result = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120)
         assert result.returncode == 0 and f"python -m {module}" in result.stdout, result.stderr
+
+
+def test_calibrate_maps_the_reward_through_a_sigmoid_fitted_on_policy_samples(tmp_path, capsys):
+    out = tmp_path / "calibrated.jsonl"
+    summary = main(["--method", "smc", "--variant", "final", "--reward", "tests.decode.test_cli:char_codes",
+                    "--n", "3", "--calibrate", "6", *FAST, "--out", str(out)])
+    calibration = summary["calibration"]
+    assert calibration["samples"] == 6 and calibration["sigma"] > 0
+    assert "reward calibrated on 6 policy samples" in capsys.readouterr().err
+    for row in _read(out):  # the reward the potential saw, recomputed from the raw one
+        raw = char_codes(None, [row["completion"]])[0]
+        assert row["reward"] == pytest.approx(1 / (1 + math.exp(-(raw - calibration["mu"]) / calibration["sigma"])))
+
+
+def test_calibration_refuses_a_reward_without_spread(capsys, tmp_path):
+    with pytest.raises(SystemExit) as raised:  # after the model loads (which may build the embedded model first)
+        main(["--method", "smc", "--variant", "final", "--reward", "tests.decode.test_cli:constant", "--n", "2",
+              "--calibrate", "4", *FAST, "--out", str(tmp_path / "o.jsonl")])
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert raised.value.code == 2 and line.startswith("align: error: --calibrate 4: calibration needs varied scores")
+    assert "all equal to 0.5" in line and not (tmp_path / "o.jsonl").exists()
+
+
+def char_codes(prompts, completions, **columns) -> list[float]:
+    """A reward that varies with any text."""
+    return [sum(map(ord, c)) % 10 / 10 for c in completions]
+
+
+def constant(prompts, completions, **columns) -> list[float]:
+    return [0.5] * len(completions)

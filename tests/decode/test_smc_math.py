@@ -87,3 +87,12 @@ def test_selection_rules():
     assert picks.count(1) / 2000 == pytest.approx(0.1, abs=0.03) and 2 not in picks  # a merged group's first
     with pytest.raises(ValueError, match="unknown selection"):
         smc.select("best", logw, sequences, answers, rewards)
+
+
+def test_the_calibrated_potential_is_a_sigmoid_of_the_standardised_reward():
+    from align.decode.methods import calibrated
+
+    potential = calibrated(lambda prompts, completions, **columns: [1.0, 3.0, None, -1.0], mu=1.0, sigma=2.0)
+    values = potential(prompts=[None] * 4, completions=["a", "b", "c", "d"])
+    assert values[0] == 0.5 and values[2] is None
+    assert values[1] == pytest.approx(0.7310585786300049) and values[3] == pytest.approx(1 - 0.7310585786300049)
