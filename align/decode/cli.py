@@ -55,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     add("--ess-threshold", type=float, default=0.5, help="resample when ESS < this x N (kappa; 0 never)")
     add("--resampling", default="systematic", help="systematic or multinomial")
     add("--mh-steps", type=int, default=1, help="MH rejuvenation moves per duplicate after a resample (prefix)")
+    add("--final-moves", type=int, default=0, help="MH moves of every final particle towards pi (smc, power)")
     add("--rollouts", type=int, default=2, help="lookahead rollouts M per particle and boundary")
     add("--lam", type=float, default=4.0, help="lambda: reward tempering, pi ∝ p^alpha exp(lambda R)")
     add("--calibrate", type=int, default=0, metavar="K", help="map the reward to sigmoid((r - mu) / sigma), mu and "
@@ -88,7 +89,7 @@ def _check_numbers(args: argparse.Namespace) -> None:
     for flag, value, low in (("--n", args.n, 1), ("--block", args.block, 1), ("--max-new-tokens",
                              args.max_new_tokens, 1), ("--batch-size", args.batch_size, 1),
                              ("--rollouts", args.rollouts, 1), ("--mh-steps", args.mh_steps, 0),
-                             ("--calibrate", args.calibrate, 0)):
+                             ("--calibrate", args.calibrate, 0), ("--final-moves", args.final_moves, 0)):
         if value < low:
             raise DecodeError(f"{flag} must be >= {low}; got {value}.")
     if args.num_prompts is not None and args.num_prompts < 1:
@@ -155,7 +156,7 @@ def settings(args: argparse.Namespace):
     selection = args.selection or ("argmax_reward" if args.method == "best_of_n" else "sample")
     return Settings(n=args.n, block=args.block, max_new_tokens=args.max_new_tokens, alpha=alpha, tau=tau,
                     lam=args.lam, kappa=args.ess_threshold, resampling=args.resampling, variant=args.variant,
-                    mh_steps=args.mh_steps, rollouts=args.rollouts, selection=selection)
+                    mh_steps=args.mh_steps, final_moves=args.final_moves, rollouts=args.rollouts, selection=selection)
 
 
 def reward_source(name: str | None, kwargs: dict):

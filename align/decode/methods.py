@@ -35,9 +35,10 @@ DEFAULT_SELECTION = {"greedy": "sample", "sample": "sample", "best_of_n": "argma
 def method_settings(method: str, settings: Settings) -> Settings:
     """The engine settings `method` runs with, from the user's `settings`."""
     if method == "sample":
-        return replace(settings, n=1, variant="final", kappa=0.0, mh_steps=0)
+        return replace(settings, n=1, variant="final", kappa=0.0, mh_steps=0, final_moves=0)
     if method == "best_of_n":
-        return replace(settings, variant="final", kappa=0.0, mh_steps=0, alpha=1.0, block=settings.max_new_tokens)
+        return replace(settings, variant="final", kappa=0.0, mh_steps=0, final_moves=0, alpha=1.0,
+                       block=settings.max_new_tokens)
     if method == "power":
         return replace(settings, variant="final", lam=0.0)
     return settings

@@ -38,7 +38,8 @@ class Settings:
     """SMC settings (the spec's defaults). variant: the twist: prefix (lam r(partial) at each boundary), lookahead
     (rollouts' V_hat), final (Psi = 1 until the stop token: soft best-of-N) or none (no reward at all: power sampling
     when alpha > 1). kappa: resample when ESS < kappa N (0 never). mh_steps: MH moves per duplicate after a resample
-    (prefix variant only). rollouts: M per particle and boundary (lookahead)."""
+    (prefix variant only). final_moves: MH moves of every particle of the final pool towards pi (any variant).
+    rollouts: M per particle and boundary (lookahead)."""
 
     n: int = 8
     block: int = 32
@@ -50,6 +51,7 @@ class Settings:
     resampling: str = "systematic"
     variant: str = "prefix"
     mh_steps: int = 1
+    final_moves: int = 0
     rollouts: int = 2
     selection: str = "sample"
 
@@ -178,6 +180,8 @@ class Engine:
         while True:
             live = [(pool, p) for pool in pools for p in pool.particles if not p.frozen]
             if not live:
+                for _ in range(s.final_moves):
+                    self.final_move([(pool, p) for pool in pools for p in pool.particles])
                 return pools
             self.advance(live)
             moves = [(pool, p) for pool in pools if any(not p.frozen for p in pool.particles)
@@ -277,13 +281,40 @@ class Engine:
         for proposal, r in zip(proposals, psis):
             self.accept(*proposal, self.s.lam * r)
 
+    def final_move(self, items: list[tuple[Pool, Particle]]) -> None:
+        """One MH suffix move per frozen particle, towards pi itself (the final sweep), all in one batch: cut c
+        uniform on 1..n, the suffix regenerated from q until a stop token or max_new_tokens (length n'), accepted
+        with `smc.mh_log_accept` including log(n / n'); one reward call per proposal."""
+        if not items:
+            return
+        s = self.s
+        cuts = [int(torch.randint(len(p.tokens), (), generator=self.generator)) for _, p in items]
+        rows = [self.prompt_ids[p.prompt] + p.tokens[:c] for (_, p), c in zip(items, cuts)]
+        with self.timer("move"):
+            ids, finished, logp, logq = extend(self.model, self.tokenizer, rows, s.max_new_tokens - min(cuts), s.tau,
+                                               self.generator)
+        proposals = []
+        for (pool, p), c, row, new, done, lp, lq in zip(items, cuts, rows, ids, finished, logp, logq):
+            pool.generated_tokens += len(new)
+            pool.forward_tokens += forward_tokens(row, new)
+            pool.mh_proposed += 1
+            room = s.max_new_tokens - c  # the batch ran to the shortest cut's room: longer rows stop at their own
+            proposals.append((pool, p, c, p.tokens[:c] + new[:room], lp[:room], lq[:room], done and len(new) <= room))
+        rewards = self.score([(pool, p) for pool, p, *_ in proposals], [self.text(x[3]) for x in proposals])
+        for (pool, p, c, tokens, lp, lq, done), r in zip(proposals, rewards):
+            self.accept(pool, p, c, tokens, lp, lq, s.lam * r, length_ratio=len(p.tokens) / len(tokens),
+                        finished=done, truncated=not done, reward=r if self.reward is not None else None)
+
     def accept(self, pool: Pool, p: Particle, cut: int, tokens: list[int], lp: list[float], lq: list[float],
-               psi: float) -> None:
-        """Accept y' = `tokens` for unfinished particle p with probability A (its new log Psi `psi`)."""
+               psi: float, length_ratio: float = 1.0, **frozen) -> None:
+        """Accept y' = `tokens` for particle p with probability A (its new log Psi `psi`; `length_ratio` n / n' when
+        the move may change the length); on acceptance `frozen` (finished, truncated, reward) is set too."""
         log_a = smc.mh_log_accept(torch.tensor(lp), torch.tensor(lq), torch.tensor(p.logp[cut:]),
-                                  torch.tensor(p.logq[cut:]), psi, p.log_psi, self.s.alpha)
+                                  torch.tensor(p.logq[cut:]), psi, p.log_psi, self.s.alpha, length_ratio)
         if math.log(float(torch.rand((), generator=self.generator, dtype=torch.float64)) + 1e-300) < log_a:
             p.tokens, p.logp, p.logq, p.log_psi = tokens, p.logp[:cut] + lp, p.logq[:cut] + lq, psi
+            for key, value in frozen.items():
+                setattr(p, key, value)
             pool.mh_accepted += 1
 
 

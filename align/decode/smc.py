@@ -39,7 +39,9 @@ Decisions the paper leaves open (the spec's [D]s), as implemented here and in `a
 - MH rejuvenation after a resample, S steps on duplicated unfinished particles (tau_R = inf: every duplicate moves):
   a cut c uniform on 1..n, y_<c kept, exactly n - c + 1 tokens regenerated from q; a proposal that draws a stop token
   is rejected, so the kernel stays on unfinished states and n' = n. Prefix variant only (lookahead's V_hat(y') would
-  need new rollouts); no final sweep over frozen particles.
+  need new rollouts). Optional final sweep (`final_moves`, any variant, off by default): every particle of the final
+  pool, weights kept, moves towards pi itself, its suffix regenerated until a stop token or max_new_tokens (n' may
+  differ from n: the log(n / n') term), one reward call per proposal.
 - Selection: sample (default: merge identical sequences, summing their weights, and draw one in proportion),
   argmax_weight (the merged sequence of largest weight), argmax_reward (best final R), vote (group by extracted
   answer, sum the weights, take the largest group; equal weights make it self-consistency).

@@ -94,6 +94,7 @@ def test_the_same_seed_gives_the_same_file(outputs, tmp_path):
     (["--reward", "boxed_match", "--variant", "final", "--calibrate", "8"], "boxed_match needs none"),
     (["--method", "power", "--calibrate", "8"], "no reward needs none"),
     (["--method", "power", "--calibrate", "-1"], "--calibrate must be >= 0"),
+    (["--method", "power", "--final-moves", "-1"], "--final-moves must be >= 0"),
 ])
 def test_bad_settings_fail_on_one_line_before_any_model_loads(argv, message, capsys, tmp_path):
     line = _error([*argv, "--out", str(tmp_path / "o.jsonl")], capsys)
@@ -134,3 +135,11 @@ def char_codes(prompts, completions, **columns) -> list[float]:
 
 def constant(prompts, completions, **columns) -> list[float]:
     return [0.5] * len(completions)
+
+
+def test_final_moves_cost_one_proposal_and_reward_call_per_particle(tmp_path):
+    out = tmp_path / "moved.jsonl"
+    main(["--method", "smc", "--variant", "final", "--reward", "tests.decode.test_cli:char_codes", "--n", "3",
+          "--final-moves", "2", *FAST, "--out", str(out)])
+    for row in _read(out):  # 3 final rewards, then 2 sweeps of 3 proposals each
+        assert row["reward_calls"] == 3 + 2 * 3 and row["smc"]["mh_acceptance"] is not None
