@@ -380,6 +380,20 @@ def mixed_precision_flags(name: str) -> dict[str, bool]:
     return {"bf16": resolve_dtype(dtype) == torch.bfloat16, "fp16": resolve_dtype(dtype) == torch.float16}
 
 
+SHIFT_INVARIANT_ROPE = ("default", "linear", "llama3")  # frequencies that do not depend on the sequence length
+
+
+def position_shift_invariant(config) -> bool:
+    """Whether adding one constant to every position id leaves a model's outputs unchanged: rotary position
+    embeddings whose frequencies do not depend on the sequence length (attention sees only relative positions).
+    False for absolute position embeddings (GPT-2) and for dynamic, longrope or other length-dependent scaling."""
+    rope = getattr(config, "rope_parameters", None)
+    if not isinstance(rope, dict):
+        return False
+    per_layer_type = [value for value in rope.values() if isinstance(value, dict)]  # e.g. Gemma 3
+    return all(r.get("rope_type", "default") in SHIFT_INVARIANT_ROPE for r in per_layer_type or [rope])
+
+
 def missing_lora_targets(module_names, targets) -> list[str]:
     """The entries of `targets` (PEFT's `target_modules` list) that name no module in `module_names`.
 

@@ -92,6 +92,8 @@ def _check_numbers(args: argparse.Namespace) -> None:
                              ("--calibrate", args.calibrate, 0), ("--final-moves", args.final_moves, 0)):
         if value < low:
             raise DecodeError(f"{flag} must be >= {low}; got {value}.")
+    if args.calibrate == 1:
+        raise DecodeError("--calibrate needs at least 2 samples for a standard deviation (or 0: off); got 1.")
     if args.num_prompts is not None and args.num_prompts < 1:
         raise DecodeError(f"--num-prompts must be >= 1; got {args.num_prompts}.")
     if not 0 <= args.ess_threshold <= 1:
@@ -125,6 +127,9 @@ def _check_reward(args: argparse.Namespace) -> None:
     if args.method == "power" and args.reward is not None:
         raise DecodeError("--method power uses no reward (it samples towards p^alpha); drop --reward or use --method "
                           "smc.")
+    if args.final_moves and args.method not in ("smc", "power"):
+        raise DecodeError(f"--final-moves moves SMC's final particles; --method {args.method} has none (use --method "
+                          f"smc or power, or drop --final-moves).")
     if args.calibrate and (args.reward is None or args.reward in FINAL_ONLY):
         raise DecodeError(f"--calibrate maps a reward model's scores to (0, 1); {args.reward or 'no reward'} needs "
                           f"none: drop --calibrate, or give --reward reward_model (or your own function).")
@@ -212,7 +217,7 @@ def _run(args: argparse.Namespace) -> dict:
     if args.calibrate:
         try:
             mu, sigma = calibration(model, tokenizer, prompts, answers, source, args.calibrate, engine_settings,
-                                    args.seed)
+                                    args.seed, batch_size=args.batch_size * args.n)
         except ValueError as err:
             raise DecodeError(f"--calibrate {args.calibrate}: {err}") from None
         calibrated_by = {"mu": mu, "sigma": sigma, "samples": args.calibrate}

@@ -60,10 +60,10 @@ def batch_reward(source: Callable | None, prompts: list, answers: list | None) -
 def calibration(model, tokenizer, prompts: list, answers: list | None, source: Callable, samples: int,
                 settings: Settings, seed: int, batch_size: int = 32) -> tuple[float, float]:
     """(mu, sigma) of `source`'s scores of `samples` completions drawn from the policy at the proposal temperature,
-    round robin over the prompts: the constants of the calibrated potential (`calibrated`). A generator of its own
-    (from `seed`) draws them, so calibrating leaves the decoding's random stream as it was. Raises ValueError when
-    fewer than two scores come back or all are equal."""
-    generator = torch.Generator().manual_seed(seed)
+    round robin over the prompts, `batch_size` per generate call: the constants of the calibrated potential
+    (`calibrated`). A generator of its own (from `seed` + 1) draws them, so calibrating leaves the decoding's random
+    stream as it was. Raises ValueError when fewer than two scores come back or all are equal."""
+    generator = torch.Generator().manual_seed(seed + 1)
     picks = [i % len(prompts) for i in range(samples)]
     scores = []
     for start in range(0, samples, batch_size):
@@ -84,7 +84,8 @@ def calibrated(source: Callable, mu: float, sigma: float) -> Callable:
     """`source` mapped to (0, 1) by sigmoid((r - mu) / sigma); None stays None. A reward model's raw scale is
     arbitrary: calibrated, lambda means the same for every model (spec: potentials from reward sources)."""
     def potential(prompts, completions, **columns) -> list:
-        return [None if r is None else 1.0 / (1.0 + math.exp(-(r - mu) / sigma))
+        # tanh form: no overflow for scores far outside the calibration samples (partial texts may be)
+        return [None if r is None else 0.5 * (1.0 + math.tanh((r - mu) / (2.0 * sigma)))
                 for r in source(prompts=prompts, completions=completions, **columns)]
 
     return potential

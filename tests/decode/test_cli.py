@@ -95,6 +95,8 @@ def test_the_same_seed_gives_the_same_file(outputs, tmp_path):
     (["--method", "power", "--calibrate", "8"], "no reward needs none"),
     (["--method", "power", "--calibrate", "-1"], "--calibrate must be >= 0"),
     (["--method", "power", "--final-moves", "-1"], "--final-moves must be >= 0"),
+    (["--method", "best_of_n", "--reward", "boxed_match", "--final-moves", "1"], "--method best_of_n has none"),
+    (["--variant", "final", "--reward", "tests.decode.test_cli:char_codes", "--calibrate", "1"], "at least 2 samples"),
 ])
 def test_bad_settings_fail_on_one_line_before_any_model_loads(argv, message, capsys, tmp_path):
     line = _error([*argv, "--out", str(tmp_path / "o.jsonl")], capsys)

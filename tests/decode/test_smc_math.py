@@ -96,3 +96,5 @@ def test_the_calibrated_potential_is_a_sigmoid_of_the_standardised_reward():
     values = potential(prompts=[None] * 4, completions=["a", "b", "c", "d"])
     assert values[0] == 0.5 and values[2] is None
     assert values[1] == pytest.approx(0.7310585786300049) and values[3] == pytest.approx(1 - 0.7310585786300049)
+    far = calibrated(lambda prompts, completions, **columns: [-1e6, 1e6], mu=0.0, sigma=1e-3)
+    assert far(prompts=[None] * 2, completions=["a", "b"]) == [0.0, 1.0]  # no overflow

@@ -215,36 +215,88 @@ def test_sage_with_a_lora_adapter_writes_hints_through_the_peft_model(hint_write
     assert logged(trainer, "sage/hints_parsed") == [2.0] and logged(trainer, "sage/level_3_frac") == [1.0]
 
 
-def test_loss_forwards_short_and_long_prompts_separately_with_the_same_logprobs(hint_writer, tmp_path):
-    """Hinted prompts are long: the log-probs are computed in two buckets cut to their own width, and equal TRL's
-    whole-batch forward on every completion token."""
-    from align.methods.grpo.trainer import AlignGRPOTrainer
+def mixed_length_batch(tokenizer) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """Four (prompt, completion) rows, two of them with long hinted prompts: (ids, mask, prompt width, completion
+    width), left-padded prompts then right-padded completions as TRL batches them."""
     from align.tokens import chat_ids
 
-    trainer = make_trainer(hint_writer, tmp_path / "run")
-    tokenizer, pad = trainer.processing_class, trainer.processing_class.pad_token_id
+    pad = tokenizer.pad_token_id
     questions = ["Compute 12+34.", "Compute 5+6.\nHint: " + "add the ones first, then the tens; " * 4,
-                 "Compute 70+8.", "Compute 41+41.\nHint: one"]
+                 "Compute 70+8.", "Compute 41+41.\nHint: " + "no carry here; " * 6]
     prompts = [chat_ids(tokenizer, [{"role": "user", "content": q}], add_generation_prompt=True) for q in questions]
-    completions = [tokenizer("2+4=6; 1+3=4.")["input_ids"], tokenizer("11")["input_ids"],
-                   tokenizer("0+8=8; 7+0=7. Answer: 78")["input_ids"], tokenizer("82")["input_ids"]]
+    completions = [tokenizer(text)["input_ids"] for text in ("2+4=6; 1+3=4.", "11", "0+8=8; 7+0=7. Answer: 78", "82")]
     width, length = max(map(len, prompts)), max(map(len, completions))
     ids = torch.tensor([[pad] * (width - len(p)) + p + c + [pad] * (length - len(c))
                         for p, c in zip(prompts, completions)])
     mask = torch.tensor([[0] * (width - len(p)) + [1] * (len(p) + len(c)) + [0] * (length - len(c))
                          for p, c in zip(prompts, completions)])
-    widths = []
-    hook = trainer.model.register_forward_hook(lambda module, args, kwargs, out: widths.append(
-        kwargs["input_ids"].shape), with_kwargs=True)
-    with torch.no_grad():
-        logps, entropies, _ = trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, length,
-                                                                         compute_entropy=True)
-        whole, whole_entropies, _ = AlignGRPOTrainer._get_per_token_logps_and_entropies(
-            trainer, trainer.model, ids, mask, length, compute_entropy=True)
-    hook.remove()
-    (rows_a, width_a), (rows_b, width_b), whole_shape = widths  # two buckets, then TRL's one forward
-    assert rows_a + rows_b == 4 and whole_shape == (4, width + length)
-    assert width_a < width + length == width_b  # the short prompts' bucket lost the long prompt's padding
+    return ids, mask, width, length
+
+
+def forward_shapes(trainer, call) -> list[tuple[int, int]]:
+    shapes = []
+    hook = trainer.model.register_forward_hook(
+        lambda module, args, kwargs, out: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
+    try:
+        call()
+    finally:
+        hook.remove()
+    return shapes
+
+
+def test_the_loss_forwards_short_and_long_prompts_separately_with_the_same_logprobs(hint_writer, tmp_path):
+    """Hinted prompts are long: in the loss the log-probs are computed in two buckets cut to their own width, and
+    equal TRL's whole-batch forward on every completion token."""
+    from align.methods.grpo.trainer import AlignGRPOTrainer
+
+    trainer = make_trainer(hint_writer, tmp_path / "run")
+    assert trainer._shift_invariant  # Qwen2's rotary positions
+    ids, mask, width, length = mixed_length_batch(trainer.processing_class)
+    results = {}
+    trainer._split_by_length = True  # as compute_loss sets it when the rollout computed no old log-probs
+    split = forward_shapes(trainer, lambda: results.update(split=trainer._get_per_token_logps_and_entropies(
+        trainer.model, ids, mask, length, compute_entropy=True)))
+    whole = forward_shapes(trainer, lambda: results.update(whole=AlignGRPOTrainer._get_per_token_logps_and_entropies(
+        trainer, trainer.model, ids, mask, length, compute_entropy=True)))
+    (rows_a, width_a), (rows_b, width_b) = split
+    assert rows_a + rows_b == 4 and whole == [(4, width + length)]
+    assert width_a < width + length == width_b  # the short prompts' bucket lost the long prompts' padding
     real = mask[:, width:].bool()
-    torch.testing.assert_close(logps[real], whole[real], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(entropies[real], whole_entropies[real], atol=1e-5, rtol=1e-5)
+    (logps, entropies, _), (expected, expected_entropies, _) = results["split"], results["whole"]
+    torch.testing.assert_close(logps[real], expected[real].detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(entropies[real], expected_entropies[real], atol=1e-5, rtol=1e-5)
+    logps[real].sum().backward()  # gradients flow through the buckets
+    assert all(p.grad is not None for p in trainer.model.parameters() if p.requires_grad)
+
+
+def test_only_the_losss_own_forward_is_split_and_only_when_it_saves(hint_writer, tmp_path):
+    trainer = make_trainer(hint_writer, tmp_path / "run")
+    ids, mask, width, length = mixed_length_batch(trainer.processing_class)
+    full = (4, width + length)
+
+    def shapes(ids, mask, **kwargs):
+        return forward_shapes(trainer, lambda: trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask,
+                                                                                         length, **kwargs))
+
+    assert shapes(ids, mask) == [full]  # outside compute_loss (or with old log-probs from the rollout)
+    trainer._split_by_length = True
+    assert shapes(ids, mask, batch_size=4) == [full]  # the rollout's chunked forwards keep TRL's padding
+    with torch.no_grad():
+        assert shapes(ids, mask) == [full]
+    even = mask.clone()
+    even[:, :width] = 1  # every prompt as long as the longest: nothing to save
+    assert shapes(ids, even) == [full]
+    assert len(shapes(ids, mask)) == 2
+
+
+def test_position_shift_invariance_is_read_from_the_config():
+    from transformers import GPT2Config, LlamaConfig, Qwen2Config
+
+    from align.models import position_shift_invariant
+
+    assert position_shift_invariant(Qwen2Config()) and position_shift_invariant(LlamaConfig())
+    assert position_shift_invariant(LlamaConfig(rope_scaling={"rope_type": "llama3", "factor": 8.0,
+                                                              "original_max_position_embeddings": 8192,
+                                                              "low_freq_factor": 1.0, "high_freq_factor": 4.0}))
+    assert not position_shift_invariant(LlamaConfig(rope_scaling={"rope_type": "dynamic", "factor": 2.0}))
+    assert not position_shift_invariant(GPT2Config())  # absolute position embeddings

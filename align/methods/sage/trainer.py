@@ -55,6 +55,7 @@ from align.methods.grpo.trainer import AlignGRPOTrainer, build_grpo_trainer
 from align.methods.sage.config import SAGEAlgorithmConfig
 from align.methods.sage.hints import hint_request, leaks_answer, parse_hints, question_text, with_hint
 from align.methods.sage.math import LEVELS, HintState, collapsed, escalate, next_light_level
+from align.models import position_shift_invariant
 from align.rollout import GroupStats, combine_rewards, group_stats, prompt_key
 from align.tokens import split_by_length
 
@@ -116,6 +117,8 @@ class AlignSAGETrainer(AlignGRPOTrainer):
         self._rows: list[dict] | None = None  # the dataset rows of the rollout in progress
         self._final_rewards: torch.Tensor | None = None
         self._warned_reward_logs = False
+        self._shift_invariant = position_shift_invariant(self.model.config)  # may the loss split by length?
+        self._split_by_length = False  # set by compute_loss for its own forward
 
     # --- TRL hooks -------------------------------------------------------------------------------------------------
 
@@ -133,27 +136,40 @@ class AlignSAGETrainer(AlignGRPOTrainer):
             return self._light_rollout(prompts)
         return self._sage_rollout(prompts)
 
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        # Where the rollout computed no old log-probs, the ratio's denominator is this forward's own (detached), so
+        # splitting it by length (below) cannot change the ratio; else keep TRL's one forward, whose padding the
+        # rollout's log-probs share.
+        self._split_by_length = self._shift_invariant and inputs.get("old_per_token_logps") is None
+        try:
+            return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+        finally:
+            self._split_by_length = False
+
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
                                            compute_entropy=False, compute_aux_loss=False, **inputs):
-        """TRL's log-probs and entropies, forwarded in two buckets of rows by prompt length.
+        """TRL's log-probs and entropies; in the loss, forwarded in two buckets of rows by prompt length.
 
         A hinted prompt is several times longer than an unhinted one and TRL pads every row of a batch to the longest,
         so one hinted group would widen every row of the loss. Each bucket is cut to its own width: the log-probs are
-        the same up to float rounding (padding is masked; rotary positions shift by a constant, which attention does
-        not see). Every rank makes the same number of forwards (ZeRO-3 gathers weights per forward), so a batch is
-        split only when every rank has at least two rows; multimodal inputs and MoE auxiliary losses take TRL's path.
+        the same up to float rounding (padding is masked; the rotary positions of a bucket shift by one constant,
+        which attention does not see: checked on the model's config). Only the loss's forward is split (the
+        rollout's no-grad forwards keep TRL's padding), and only where it saves a fifth of the padded area on every
+        rank: ZeRO-3 gathers the weights per forward, so all ranks must make the same number of forwards.
         """
-        def whole_batch():
-            return super(AlignSAGETrainer, self)._get_per_token_logps_and_entropies(
-                model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy=compute_entropy,
-                compute_aux_loss=compute_aux_loss, **inputs)
-
-        if compute_aux_loss or any(v is not None for v in inputs.values()) or self._min_over_ranks(len(input_ids)) < 2:
-            return whole_batch()
+        whole = super()._get_per_token_logps_and_entropies
+        arguments = dict(batch_size=batch_size, compute_entropy=compute_entropy, compute_aux_loss=compute_aux_loss,
+                         **inputs)
+        plain = compute_aux_loss or batch_size is not None or any(v is not None for v in inputs.values())
+        if plain or not (self._split_by_length and torch.is_grad_enabled()) or len(input_ids) < 2:
+            return whole(model, input_ids, attention_mask, logits_to_keep, **arguments)
         buckets = split_by_length(attention_mask)
-        parts = [super(AlignSAGETrainer, self)._get_per_token_logps_and_entropies(
-            model, input_ids[rows, start:], attention_mask[rows, start:], logits_to_keep, batch_size,
-            compute_entropy=compute_entropy) for rows, start in buckets]
+        split_area = sum(len(rows) * (attention_mask.shape[1] - start) for rows, start in buckets)
+        if self._min_over_ranks(int(split_area <= 0.8 * attention_mask.numel())) == 0:
+            return whole(model, input_ids, attention_mask, logits_to_keep, **arguments)
+        parts = [whole(model, input_ids[rows, start:], attention_mask[rows, start:], logits_to_keep,
+                       compute_entropy=compute_entropy) for rows, start in buckets]
         inverse = torch.argsort(torch.cat([rows for rows, _ in buckets]))
         logps = torch.cat([p[0] for p in parts])[inverse]
         entropies = torch.cat([p[1] for p in parts])[inverse] if compute_entropy else None
