@@ -2,6 +2,7 @@
 
     python benchmarks/sage.py                      # warm start once, then 3 methods x 5 seeds
     python benchmarks/sage.py --init runs/x/warm_start/final --seeds 1 2 3 4 5 --steps 80
+    python benchmarks/sage.py --init runs/x/warm_start/final --length-split-ab 2   # the loss's length split, on / off
 
 The task (written by this script, `hard_split`): 3-digit additions of every carry count. The recipe
 `sage-arithmetic-tiny`'s warm start imitates a teacher who always forgets carries, so the warm-started policy adds
@@ -133,6 +134,30 @@ def one_run(method: str, init: str, seed: int, steps: int, workdir: Path, grpo_r
     return result
 
 
+def length_split_ab(init: str, seed: int, steps: int, workdir: Path, task: list[str]) -> dict:
+    """SAGE with the loss's forward split by prompt length (align's default) against TRL's one padded forward:
+    the same seed twice each, alternating off / on / on / off so drift cancels; update and run seconds."""
+    import align.methods.sage.trainer as sage_trainer
+
+    shift_invariant = sage_trainer.position_shift_invariant
+    runs = {"split": [], "one_forward": []}
+    for i, mode in enumerate(("one_forward", "split", "split", "one_forward")):
+        sage_trainer.position_shift_invariant = shift_invariant if mode == "split" else (lambda config: False)
+        try:
+            r = one_run("sage", init, seed, steps, workdir / f"ab{i}", "", task)
+        finally:
+            sage_trainer.position_shift_invariant = shift_invariant
+        runs[mode].append({"seconds": r["seconds"], "update_seconds": r["phase_seconds"]["update"]})
+        print(f"[bench] length split {mode}: update {r['phase_seconds']['update']:.1f} s, run {r['seconds']:.0f} s",
+              flush=True)
+    mean = {mode: {k: statistics.fmean(r[k] for r in rs) for k in ("seconds", "update_seconds")}
+            for mode, rs in runs.items()}
+    split, one = mean["split"], mean["one_forward"]
+    return {"seed": seed, "runs": runs, "mean": mean,
+            "update_ratio_split_vs_one_forward": split["update_seconds"] / one["update_seconds"],
+            "run_ratio_split_vs_one_forward": split["seconds"] / one["seconds"]}
+
+
 def summarise(runs: dict[str, list[dict]]) -> dict:
     summary = {}
     for method, results in runs.items():
@@ -162,10 +187,22 @@ def main() -> None:
                         help="RL trains on the first N of them, so each is seen several times (SAGE-LIGHT's levels "
                              "only act on prompts seen again)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "sage.json"))
+    parser.add_argument("--length-split-ab", type=int, metavar="SEED",
+                        help="instead: SAGE with and without the loss's length split, 2 runs each of SEED from --init; "
+                             "adds `length_split` to the existing --out")
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="align-sage-bench-"))
     task = hard_split(workdir, args.train_rows)
+    if args.length_split_ab is not None:
+        if not args.init or not Path(args.out).exists():
+            parser.error("--length-split-ab needs --init (the main run's warm start) and an existing --out")
+        report = json.loads(Path(args.out).read_text())
+        report["length_split"] = length_split_ab(args.init, args.length_split_ab, args.steps, workdir,
+                                                 [*task, f"data.max_train_rows={args.rl_rows}"])
+        Path(args.out).write_text(json.dumps(report, indent=2))
+        print(json.dumps(report["length_split"]["mean"], indent=2))
+        return
     init = args.init or warm_start(workdir, task)
     task.append(f"data.max_train_rows={args.rl_rows}")
     grpo_recipe = grpo_variant(workdir)
