@@ -1,6 +1,7 @@
 """Two CPU processes under accelerate launch: DDP, ZeRO-2 and ZeRO-3 runs, and layout invariance of the losses."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -99,6 +100,28 @@ def test_sage_zero3_each_rank_hints_its_own_groups(hint_writer, tmp_path):
     hints = (run_dir / "hints-rank0.jsonl").read_text().splitlines()
     assert len(hints) == 4 and not (run_dir / "hints-rank1.jsonl").exists()
     assert (run_dir / "final" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("config", ["cpu_ddp.yaml", "cpu_zero3.yaml"])
+def test_sage_loss_split_by_prompt_length_two_processes(config, hint_writer, tmp_path):
+    """Each process trains one solved (short prompts) and one hinted (long prompts) group, so its loss forwards the
+    two lengths separately: two forwards before one backward (DDP), the same number of forwards on both ranks
+    (ZeRO-3)."""
+    from tests.conftest import SAGE_TEMPLATES, sage_rows
+
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in sage_rows(32, seed=3)))
+    run_dir = tmp_path / "run"
+    long_hint = "algorithm.hint.solve_template='{question}\nHint: {hint}\n" + "Work column by column. " * 8 + "'"
+    launch(config, ["-m", "align.train", "algorithm=sage", f"model.path={hint_writer}", f"data.source={data}",
+                    "reward.sources=[{name: 'tests.methods.sage_rewards:first_group_only'}]",
+                    f"trainer.output_dir={run_dir}", "trainer.max_steps=2", "trainer.per_device_train_batch_size=8",
+                    "algorithm.num_generations=4", "algorithm.max_completion_length=16", "eval.enabled=false",
+                    *SAGE_TEMPLATES, long_hint])  # hinted prompts far longer than plain ones: the split saves most
+    state = json.loads((run_dir / "trainer_state.json").read_text())
+    steps = [e for e in state["log_history"] if "sage/level_0_frac" in e]
+    assert [e["sage/level_0_frac"] for e in steps] == [0.5, 0.5]  # one unhinted group per process, every step
+    assert all(math.isfinite(e["loss"]) for e in state["log_history"] if "loss" in e)
 
 
 @pytest.mark.parametrize("algorithm", ["fgrpo", "fhal"])

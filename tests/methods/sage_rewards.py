@@ -39,3 +39,10 @@ class SecondLook:
 
 
 second_look = SecondLook()
+
+
+def first_group_only(prompts, completions, **kwargs):
+    """On each process, the first prompt of every reward call succeeds and the rest fail: a process's batch mixes a
+    solved (short, unhinted) group with collapsed (long, hinted) ones."""
+    first = prompts[0][-1]["content"]
+    return [float(p[-1]["content"] == first) for p in prompts]
