@@ -6,8 +6,9 @@
 
 The task (written by this script, `hard_split`): 3-digit additions of every carry count. The recipe
 `sage-arithmetic-tiny`'s warm start imitates a teacher who always forgets carries, so the warm-started policy adds
-columns correctly (0.89 greedy on problems without a carry) but gets every problem with a carry wrong (0.02 with one,
-0.00 with two) and rarely samples a right one: its groups on those prompts collapse. RL trains on the first
+columns correctly (0.77-0.89 greedy on problems without a carry, depending on the warm start) but gets problems with
+a carry wrong (0.02-0.07 with one, 0.00 with two) and rarely samples a right one: its groups on those prompts
+collapse. RL trains on the first
 --rl-rows problems (a quarter of them with two carries); a first trial that trained on the two-carry problems alone
 taught every method to always carry (easy split 0.89 -> 0.12). The same warm start
 teaches the policy to write and use hints; during RL every hint is written by the policy itself (a few are copied

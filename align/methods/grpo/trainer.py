@@ -1,7 +1,8 @@
 """GRPO: TRL's GRPOTrainer with align's per-step diagnostics.
 
 The loss is TRL's, unchanged: any `loss_type` of the installed TRL (grpo, dapo, dr_grpo, bnpo, cispo, sapo, luspo,
-vespo in TRL 1.16; `grpo_loss_types`), and GSPO through `importance_sampling_level="sequence"`. This subclass only observes. At every optimizer step it adds
+vespo in TRL 1.16; `grpo_loss_types`), and GSPO through `importance_sampling_level="sequence"`. This subclass only
+observes. At every optimizer step it adds
 
   groups/zero_variance_frac  fraction of groups whose rewards are all equal (their advantages are all zero)
   groups/solved_frac         fraction of groups with at least one successful completion: reward > success_threshold
