@@ -82,6 +82,8 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--workdir", type=Path, default=REPO / "benchmarks" / "results" / "audit")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "audit.json")
+    parser.add_argument("--keep", action="store_true", help="keep the pairs already in --out (same name, base and "
+                                                             "aligned model) instead of auditing them again")
     opts = parser.parse_args()
 
     from align.audit import report as writer
@@ -90,10 +92,13 @@ def main() -> None:
 
     quiet_dependencies("none")
 
+    kept = json.loads(opts.out.read_text())["pairs"] if opts.keep and opts.out.is_file() else {}
     results = {"config": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(opts).items()},
                           "python": platform.python_version(), "machine": platform.machine()},
-               "paper": PAPER, "pairs": {}}
+               "paper": PAPER, "pairs": kept}
     for name, base, aligned in opts.pair:
+        if name in kept and (kept[name]["base"], kept[name]["aligned"]) == (base, aligned):
+            continue  # --keep: audited by an earlier invocation
         started = time.perf_counter()
         cfg = AuditConfig(base=base, aligned=aligned, target="embedded:arithmetic", control="embedded:neutral",
                           n=opts.n, ablate_k=tuple(int(k) for k in opts.ablate_k.split(",") if k),
@@ -102,8 +107,8 @@ def main() -> None:
         writer.write(report, opts.workdir / name)
         results["pairs"][name] = {"base": base, "aligned": aligned, "seconds": time.perf_counter() - started,
                                   **summarise(writer.json_safe(report))}
-    opts.out.parent.mkdir(parents=True, exist_ok=True)
-    opts.out.write_text(json.dumps(results, indent=1) + "\n")
+        opts.out.parent.mkdir(parents=True, exist_ok=True)
+        opts.out.write_text(json.dumps(results, indent=1) + "\n")  # after every pair: an interruption keeps it
     print(markdown(results), end="")
 
 
