@@ -9,8 +9,10 @@ Trains nothing: it audits finished runs (for the issue's benchmark, the embedded
 For each pair it runs `python -m align.audit`'s audit on the shipped prompt pair (embedded:arithmetic vs
 embedded:neutral, n = 64; the ablation check on embedded:arithmetic-heldout), keeps the full report under
 `--workdir/<name>/` and summarises, per layer, rho_eps of M_template and M_DiD and their top direction's
-|cos(u1, DiM_a)| (the aligned model's difference in means, target minus control), and per k the ablation effect of
-the top-k directions against random k-frames. The paper's figures (7-9B models, n 200) are stored alongside for
+|cos(u1, DiM_a)| (the aligned model's difference in means, target minus control), M_template's s1^2 share and
+centered rank, the rank baseline's rho_eps (the base model's question - statement contrast, embedded:questions vs
+embedded:statements, n 64), and per k the ablation effect of the top-k directions against random k-frames.
+`--keep` keeps pairs already in --out; the JSON is written after every pair. The paper's figures (7-9B models, n 200) are stored alongside for
 context only: different models, prompts and training.
 """
 
@@ -37,7 +39,11 @@ def summarise(report: dict) -> dict:
     """The benchmark's columns from one audit report (align.audit.run.run_audit)."""
     per_layer = [{"layer": row["layer"],
                   **{f"{key}_{name}": row["variants"][name][key]
-                     for name in ("template", "did") for key in ("rank_eps", "rho_eps", "cos_u1_ref")}}
+                     for name in ("template", "did") for key in ("rank_eps", "rho_eps", "cos_u1_ref")},
+                  **{f"{key}_{name}": row["variants"][name][key]
+                     for name in ("contrast",) if name in row["variants"] for key in ("rank_eps", "rho_eps")},
+                  "s1_share_template": row["variants"]["template"]["s1_share"],
+                  "centered_rank_template": row["variants"]["template"]["centered_rank"]}
                  for row in report["layers"]]
     summary = {"d": report["config"]["width"], "L": report["config"]["num_layers"], "per_layer": per_layer}
     ablation = report.get("ablation")
@@ -54,11 +60,12 @@ def summarise(report: dict) -> dict:
 
 
 def markdown(results: dict) -> str:
-    lines = ["| pair | layer | rho template | rho DiD | cos(u1, DiM) template | cos(u1, DiM) DiD |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| pair | layer | rho template | rho DiD | rho contrast (baseline) | s1^2 share template | "
+             "cos(u1, DiM) template | cos(u1, DiM) DiD |", "|---|---|---|---|---|---|---|---|"]
     for name, pair in results["pairs"].items():
         for row in pair["per_layer"]:
-            cells = [row["rho_eps_template"], row["rho_eps_did"], row["cos_u1_ref_template"], row["cos_u1_ref_did"]]
+            cells = [row["rho_eps_template"], row["rho_eps_did"], row.get("rho_eps_contrast"),
+                     row["s1_share_template"], row["cos_u1_ref_template"], row["cos_u1_ref_did"]]
             lines.append(f"| {name} | {row['layer']} | " + " | ".join("-" if c is None else f"{c:.3g}" for c in cells)
                          + " |")
     for name, pair in results["pairs"].items():
@@ -101,7 +108,8 @@ def main() -> None:
             continue  # --keep: audited by an earlier invocation
         started = time.perf_counter()
         cfg = AuditConfig(base=base, aligned=aligned, target="embedded:arithmetic", control="embedded:neutral",
-                          n=opts.n, ablate_k=tuple(int(k) for k in opts.ablate_k.split(",") if k),
+                          n=opts.n, contrast=("embedded:questions", "embedded:statements"),
+                          ablate_k=tuple(int(k) for k in opts.ablate_k.split(",") if k),
                           ablate_n=opts.ablate_n, max_new_tokens=opts.max_new_tokens)
         report = run_audit(cfg, opts.workdir / name)
         writer.write(report, opts.workdir / name)

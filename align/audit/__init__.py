@@ -35,6 +35,11 @@ Decisions the paper leaves open (or where we depart from its code), recorded her
   ||U_k^T r|| / ||r|| at k = min(rank_eps, 10) (at least 1); residual share ||M_c||^2 / ||M||^2. Undefined values
   (a zero matrix or reference) are NaN in memory and null in audit.json.
 - A fifth row, template_control = M_template on the control set, shows how concentrated a non-target shift is.
+- The rank baseline (spec: LRH baseline), opt-in with --contrast FIRST SECOND: a sixth row, contrast = the base
+  model's raw H(first_i) - H(second_i) over paired prompts (uncentered, like M_template; the first n pairs, so the
+  same n as the audit: rank grows with n). Shipped pair: 64 yes/no questions and the matching statements
+  (embedded:questions, embedded:statements), built from 16 nouns x 4 adjectives (the paper used 50 translation and
+  50 question/statement pairs; translation pairs are not shipped, since the embedded models are English-only).
 - Ablation: on the aligned model, h <- h - U U^T h at every position (generated tokens too) on the blocks of a band
   (narrow: 5 layers spread over [0.45 L, 0.70 L]; wide: 8 over [0.30 L, 0.85 L]; rounded, duplicates dropped, so a
   model with few blocks gets fewer), U = top-k left singular vectors of that layer's M_template and of M_DiD,

@@ -41,6 +41,10 @@ def _parser() -> argparse.ArgumentParser:
                              "line) or a shipped set (default embedded:arithmetic)")
     parser.add_argument("--control", default="embedded:neutral",
                         help="matched neutral prompts (default embedded:neutral)")
+    parser.add_argument("--contrast", nargs=2, metavar=("FIRST", "SECOND"),
+                        help="two paired prompt sets (line i of one matches line i of the other) for the rank "
+                             "baseline: the base model's H(first_i) - H(second_i), an unrelated contrast (e.g. "
+                             "embedded:questions embedded:statements)")
     parser.add_argument("--eps", type=float, default=0.05, help="energy left out by rank_eps, in (0, 1) (default 0.05)")
     parser.add_argument("--sensitivity-eps", type=_floats, default=(0.01, 0.10, 0.20),
                         help="further eps for the rank table (default 0.01,0.1,0.2)")
@@ -76,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
                       sensitivity_eps=args.sensitivity_eps, n=args.n, batch_size=args.batch_size, dtype=args.dtype,
                       direction=args.direction, ablate_k=args.ablate_k, ablate_prompts=args.ablate_prompts,
                       ablate_n=args.ablate_n, ablate_seeds=args.ablate_seeds, ablate_singles=args.ablate_singles,
-                      max_new_tokens=args.max_new_tokens, band=args.band, trust_remote_code=args.trust_remote_code)
+                      max_new_tokens=args.max_new_tokens, band=args.band,
+                      contrast=tuple(args.contrast) if args.contrast else None,
+                      trust_remote_code=args.trust_remote_code)
     try:
         report = run_audit(cfg, args.out)
         paths = writer.write(report, args.out)

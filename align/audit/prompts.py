@@ -22,6 +22,10 @@ SHIPPED = {
     "embedded:arithmetic-heldout": "arithmetic-heldout.jsonl",
     # Neutral chat requests (descriptions, poems, tips) with no arithmetic: the control set.
     "embedded:neutral": "neutral.jsonl",
+    # 64 yes/no questions and the matching statements, line by line ("Is the ocean quiet?" / "The ocean is quiet."):
+    # the unrelated in-model contrast of the rank baseline (--contrast).
+    "embedded:questions": "questions.jsonl",
+    "embedded:statements": "statements.jsonl",
 }
 
 

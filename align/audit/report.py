@@ -10,6 +10,7 @@ import numpy as np
 
 MARKDOWN, JSON, ENERGY_PNG, SPECTRA_PNG = "audit.md", "audit.json", "cumulative_energy.png", "spectra.png"
 TABLE_VARIANTS = ("naive", "template", "aligned", "did", "template_control")
+CONTRAST_VARIANT = "contrast"  # the base model's H(first_i) - H(second_i) over --contrast's pairs: the rank baseline
 
 
 def json_safe(value):
@@ -31,6 +32,11 @@ def _fmt(value, digits: int = 3) -> str:
     return f"{value:.{digits}g}"
 
 
+def table_variants(report: dict) -> tuple[str, ...]:
+    """The per-layer rows of the tables and plots: the five always computed, then the rank baseline when it ran."""
+    return TABLE_VARIANTS + ((CONTRAST_VARIANT,) if CONTRAST_VARIANT in report["layers"][0]["variants"] else ())
+
+
 def markdown(report: dict) -> str:
     cfg = report["config"]
     lines = ["# Effective-rank audit", "", f"> {report['caveat']}", "",
@@ -39,12 +45,15 @@ def markdown(report: dict) -> str:
              f"eps={cfg['eps']}; reference r: {cfg['reference']}.", "",
              "Variants: naive = H_a(chat) - H_b(raw); template = H_a(chat) - H_b(chat) (headline); aligned = "
              "H_a(chat) - H_a(raw); did = template minus the control set's mean template shift; template_control = "
-             "template on the control set.", ""]
+             "template on the control set" + ("; contrast = the base model's raw H(first_i) - H(second_i) over "
+                                               f"{cfg['contrast'][0]} / {cfg['contrast'][1]} (n={cfg['n_contrast']}), "
+                                               "an unrelated contrast: the rank baseline" if cfg.get("contrast")
+                                               else "") + ".", ""]
     header = ("| layer | variant | rank_eps | rho_eps | rank/min(d,n) | centered rank | top-5 s_i | s1^2 share | "
               "residual share | \\|cos(u1,r)\\| | \\|cos(u1,mbar)\\| | numerical rank | erank |")
     lines += [header, "|" + "---|" * (header.count("|") - header.count("\\|") - 1)]
     for row in report["layers"]:
-        for name in TABLE_VARIANTS:
+        for name in table_variants(report):
             v = row["variants"][name]
             top = ", ".join(_fmt(s) for s in v["top_singular_values"])
             lines.append(f"| {row['layer']} | {name} | {v['rank_eps']} | {_fmt(v['rho_eps'])} | "
@@ -100,8 +109,9 @@ def plot(report: dict, out_dir: Path) -> list[Path]:
     eps = report["config"]["eps"]
     paths = []
     for filename, kind in ((ENERGY_PNG, "energy"), (SPECTRA_PNG, "spectrum")):
-        fig, axes = plt.subplots(1, len(TABLE_VARIANTS), figsize=(4 * len(TABLE_VARIANTS), 3.6), squeeze=False)
-        for axis, name in zip(axes[0], TABLE_VARIANTS):
+        variants = table_variants(report)
+        fig, axes = plt.subplots(1, len(variants), figsize=(4 * len(variants), 3.6), squeeze=False)
+        for axis, name in zip(axes[0], variants):
             for row in report["layers"]:
                 s = np.asarray(row["variants"][name]["spectrum"], dtype=float)
                 if not s.size or s[0] == 0:

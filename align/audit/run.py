@@ -20,6 +20,7 @@ from transformers import AutoConfig
 from align.audit import ranks
 from align.audit.activations import CHAT, RAW, last_token_activations, projected_out, render
 from align.audit.prompts import AuditInputError, PromptSet, load_prompts
+from align.audit.report import CONTRAST_VARIANT
 from align.console import phase_progress
 from align.evaluation import generate_greedy, score, write_samples
 from align.gate.stats import mcnemar_exact
@@ -51,6 +52,9 @@ class AuditConfig:
     ablate_singles: int = 3  # single-direction rows u_1 .. u_this
     max_new_tokens: int = 48
     band: str = "narrow"
+    # Two paired prompt sets (line i of one matches line i of the other): the rank baseline, the base model's raw
+    # H(first_i) - H(second_i), an unrelated contrast inside one model (spec: LRH baseline). None: not computed.
+    contrast: tuple[str, str] | None = None
     trust_remote_code: bool = False
 
 
@@ -163,6 +167,8 @@ def layer_reports(acts: dict[str, dict[str, torch.Tensor]], eps: float, sensitiv
         matrices = ranks.shift_matrices(at(a, "target_chat"), at(b, "target_chat"), at(a, "target_raw"),
                                         at(b, "target_raw"), at(a, "control_chat"), at(b, "control_chat"))
         matrices[CONTROL_VARIANT] = at(a, "control_chat").double() - at(b, "control_chat").double()
+        if "contrast_first" in b:
+            matrices[CONTRAST_VARIANT] = at(b, "contrast_first").double() - at(b, "contrast_second").double()
         reference = (directions[layer] if directions is not None
                      else ranks.difference_in_means(at(a, "target_chat"), at(a, "control_chat")))
         variants = {}
@@ -263,6 +269,18 @@ def ablation_set(cfg: AuditConfig, target: PromptSet) -> PromptSet:
     return (rest if len(rest) else target).head(cfg.ablate_n)
 
 
+def contrast_sets(cfg: AuditConfig) -> dict[str, tuple[PromptSet, str]]:
+    """The two sets of `cfg.contrast` (the first n pairs), raw format, for the base model's capture; {} without one.
+    AuditInputError when the sets differ in length: the baseline pairs them line by line."""
+    if cfg.contrast is None:
+        return {}
+    first, second = (load_prompts(source).head(cfg.n) for source in cfg.contrast)
+    if len(first) != len(second):
+        raise AuditInputError(f"--contrast pairs its two sets line by line, but {cfg.contrast[0]} has {len(first)} "
+                              f"prompts and {cfg.contrast[1]} {len(second)}; give files of equal length")
+    return {"contrast_first": (first, RAW), "contrast_second": (second, RAW)}
+
+
 def run_audit(cfg: AuditConfig, out_dir: Path) -> dict:
     """The whole audit; returns the JSON report (see `align.audit.report` for what is written)."""
     check_config(cfg)
@@ -273,7 +291,8 @@ def run_audit(cfg: AuditConfig, out_dir: Path) -> dict:
     num_layers, width = model_config.num_hidden_layers, model_config.hidden_size
     directions = read_direction(cfg.direction, num_layers, width) if cfg.direction else None
     sets = {"target_chat": (target, CHAT), "target_raw": (target, RAW), "control_chat": (control, CHAT)}
-    acts = {"base": capture(cfg.base, tokenizer, sets, cfg, "base"),
+    contrast = contrast_sets(cfg)
+    acts = {"base": capture(cfg.base, tokenizer, {**sets, **contrast}, cfg, "base"),
             "aligned": capture(cfg.aligned, tokenizer, sets, cfg, "aligned")}
     layers, bases = layer_reports(acts, cfg.eps, cfg.sensitivity_eps, directions)
     template_text = str(tokenizer.chat_template)
@@ -282,6 +301,7 @@ def run_audit(cfg: AuditConfig, out_dir: Path) -> dict:
         "config": {**asdict(cfg),
                    "num_layers": num_layers, "width": width, "model_type": model_config.model_type,
                    "n_target": len(target), "n_control": len(control),
+                   "n_contrast": len(contrast["contrast_first"][0]) if contrast else None,
                    "target_sha256": target.sha256, "control_sha256": control.sha256,
                    "chat_template_sha256": hashlib.sha256(template_text.encode()).hexdigest(),
                    "reference": "user direction (--direction)" if cfg.direction else

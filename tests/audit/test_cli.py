@@ -126,3 +126,41 @@ def test_module_entry_point_fails_in_one_line(tmp_path):
     assert run.returncode == 2
     assert run.stderr.strip().splitlines() == ["align.audit: error: --eps 2.0 is outside (0, 1): eps is the share "
                                                "of energy left out, e.g. 0.05"]
+
+
+def test_the_contrast_baseline_is_the_base_models_raw_pair_difference(checkpoints, tmp_path):
+    """--contrast adds a row per layer: the base model's raw H(first_i) - H(second_i); a set against itself is rank 0,
+    and questions against statements match the difference computed by hand from the activations."""
+    from align.audit.activations import RAW, last_token_activations, render
+    from align.audit.prompts import load_prompts
+    from align.audit.ranks import singular_values
+
+    out, same = tmp_path / "audit", tmp_path / "same"
+    pair = ["--base", checkpoints["tiny"], "--aligned", checkpoints["planted"], "--n", "6"]
+    assert audit_main([*pair, "--contrast", "embedded:questions", "embedded:statements", "--out", str(out)]) == 0
+    assert audit_main([*pair, "--contrast", "embedded:questions", "embedded:questions", "--out", str(same)]) == 0
+    report = json.loads((out / "audit.json").read_text())
+    assert report["config"]["contrast"] == ["embedded:questions", "embedded:statements"]
+    assert report["config"]["n_contrast"] == 6
+    assert all(row["variants"]["contrast"]["rank_eps"] == 0
+               for row in json.loads((same / "audit.json").read_text())["layers"])
+    tokenizer = load_tokenizer(checkpoints["tiny"])
+    model = load_causal_lm(checkpoints["tiny"], dtype="float32").eval()
+    first, second = (last_token_activations(model, tokenizer, render(tokenizer, load_prompts(name).head(6).prompts,
+                                                                     RAW), add_special_tokens=True)
+                     for name in ("embedded:questions", "embedded:statements"))
+    for row in report["layers"]:  # the planted change in the aligned model does not enter the base-only baseline
+        expected = singular_values((first[row["layer"]] - second[row["layer"]]).T.double())
+        assert torch.allclose(torch.tensor(row["variants"]["contrast"]["spectrum"], dtype=torch.float64), expected,
+                              rtol=1e-4, atol=1e-6)
+        assert row["variants"]["contrast"]["rank_eps"] >= 1
+    markdown = (out / "audit.md").read_text()
+    assert "| 3 | contrast | " in markdown and "the rank baseline" in markdown
+
+
+def test_contrast_sets_of_unequal_length_are_refused_before_loading(checkpoints, tmp_path, capsys):
+    (tmp_path / "three.txt").write_text("Is it red?\nIs it big?\nIs it old?\n")
+    (tmp_path / "two.txt").write_text("It is red.\nIt is big.\n")
+    err = _error(capsys, ["--base", checkpoints["tiny"], "--aligned", checkpoints["planted"], "--contrast",
+                          str(tmp_path / "three.txt"), str(tmp_path / "two.txt"), "--out", str(tmp_path / "out")])
+    assert "pairs its two sets line by line" in err and "3 prompts" in err and "equal length" in err
