@@ -9,8 +9,10 @@ The policy is the warm start of `--recipe` (default `grpo-arithmetic-tiny`, the 
 real embedded chat model with `grpo-arithmetic-smollm2-135m`); the prompts are the first `--prompts` of that recipe's
 held-out split; the reward is the boxed_match verifier (the gold answer: an oracle, reported as such). Methods:
 greedy, sampling, best-of-N, SMC with the final-only potential (soft best-of-N with resampling), SMC with lookahead
-rollouts, and power sampling (no reward), each N in `--ns`. The prefix twist needs a reward that scores partial text
-(a trained reward model), so it is not in this run.
+rollouts, and power sampling (no reward), each N in `--ns`. `--reward-model <checkpoint>` (or `train`: a Bradley-Terry
+model trained here from the warm start on the policy's own verifier-labelled samples plus synthetic step pairs, see
+`reward_training_pairs`) adds best-of-N, SMC final-only and SMC with the prefix twist under that learned reward,
+calibrated on policy samples; accuracy is still the verifier's.
 Per (method, N): accuracy and generated tokens per prompt (mean, min, max over seeds), reward calls per prompt.
 `--grpo <run dir>` adds that GRPO run's final model (started from the same warm start) decoded greedily on the same
 prompts, with its training compute from its trainer_state.json: the tokens it generated and trained on, in all and
@@ -283,14 +285,16 @@ def main() -> None:
     potentials = {"verifier": verifier}
     if args.reward_model:
         path = args.reward_model
+        trained = None
         if path == "train":
-            path = train_reward_model(args.recipe, init, workdir, reward_training_pairs(args, model, tokenizer,
-                                                                                       verifier),
-                                      args.reward_model_steps)
+            pairs = reward_training_pairs(args, model, tokenizer, verifier)
+            path = train_reward_model(args.recipe, init, workdir, pairs, args.reward_model_steps)
+            trained = {"pairs": len(pairs), "steps": args.reward_model_steps}
         raw = reward_source("reward_model", {"path": path})
         mu, sigma = calibration(model, tokenizer, prompts, answers, raw, args.calibrate, base, seed=0)
         potentials["reward_model"] = calibrated(raw, mu, sigma)
-        extra["reward_model"] = {"path": path, "calibration": {"mu": mu, "sigma": sigma, "samples": args.calibrate},
+        extra["reward_model"] = {"path": path, "trained_here": trained,
+                                 "calibration": {"mu": mu, "sigma": sigma, "samples": args.calibrate},
                                  "ranking_auc": reward_ranking(model, tokenizer, prompts, answers, raw, verifier,
                                                                args.max_new_tokens)}
     for label, n, method, settings, potential in configurations(args.ns, args.block, args.max_new_tokens,
