@@ -12,7 +12,8 @@ embedded:neutral, n = 64; the ablation check on embedded:arithmetic-heldout), ke
 |cos(u1, DiM_a)| (the aligned model's difference in means, target minus control), M_template's s1^2 share and
 centered rank, the rank baseline's rho_eps (the base model's question - statement contrast, embedded:questions vs
 embedded:statements, n 64), and per k the ablation effect of the top-k directions against random k-frames.
-`--keep` keeps pairs already in --out; the JSON is written after every pair. The paper's figures (7-9B models, n 200) are stored alongside for
+`--keep` keeps pairs already in --out (audited with the same settings; each pair stores its own); the JSON is
+written after every pair. The paper's figures (7-9B models, n 200) are stored alongside for
 context only: different models, prompts and training.
 """
 
@@ -32,6 +33,7 @@ PAPER = {  # arXiv 2605.24583, eps 0.05, n 200, last token, bf16: Llama-3.1-8B /
     "rho_template": [0.0029, 0.0048, 0.0044], "rank_template": [12.0, 17.4, 15.7],
     "cos_u1_dim_did": [0.77, 0.86, 0.50], "cos_u1_dim_template": [0.34, 0.39, 0.18],
     "refusal_narrow_k3": {"baseline": [0.97, 0.99, 0.96], "ablated": [0.80, 0.00, 0.54], "random": [0.94, 0.99, 0.95]},
+    "rho_unrelated_contrasts": {"llama": [0.0078, 0.0086], "gemma": [0.0086, 0.0104]},  # EN-FR, question-statement
 }
 
 
@@ -65,7 +67,7 @@ def markdown(results: dict) -> str:
     for name, pair in results["pairs"].items():
         for row in pair["per_layer"]:
             cells = [row["rho_eps_template"], row["rho_eps_did"], row.get("rho_eps_contrast"),
-                     row["s1_share_template"], row["cos_u1_ref_template"], row["cos_u1_ref_did"]]
+                     row.get("s1_share_template"), row["cos_u1_ref_template"], row["cos_u1_ref_did"]]
             lines.append(f"| {name} | {row['layer']} | " + " | ".join("-" if c is None else f"{c:.3g}" for c in cells)
                          + " |")
     for name, pair in results["pairs"].items():
@@ -104,8 +106,11 @@ def main() -> None:
                           "python": platform.python_version(), "machine": platform.machine()},
                "paper": PAPER, "pairs": kept}
     for name, base, aligned in opts.pair:
-        if name in kept and (kept[name]["base"], kept[name]["aligned"]) == (base, aligned):
-            continue  # --keep: audited by an earlier invocation
+        settings = {"n": opts.n, "ablate_k": opts.ablate_k, "ablate_n": opts.ablate_n,
+                    "max_new_tokens": opts.max_new_tokens}
+        if name in kept and (kept[name]["base"], kept[name]["aligned"], kept[name].get("settings")) == (
+                base, aligned, settings):
+            continue  # --keep: audited by an earlier invocation with the same settings
         started = time.perf_counter()
         cfg = AuditConfig(base=base, aligned=aligned, target="embedded:arithmetic", control="embedded:neutral",
                           n=opts.n, contrast=("embedded:questions", "embedded:statements"),
@@ -113,7 +118,8 @@ def main() -> None:
                           ablate_n=opts.ablate_n, max_new_tokens=opts.max_new_tokens)
         report = run_audit(cfg, opts.workdir / name)
         writer.write(report, opts.workdir / name)
-        results["pairs"][name] = {"base": base, "aligned": aligned, "seconds": time.perf_counter() - started,
+        results["pairs"][name] = {"base": base, "aligned": aligned, "settings": settings,
+                                  "seconds": time.perf_counter() - started,
                                   **summarise(writer.json_safe(report))}
         opts.out.parent.mkdir(parents=True, exist_ok=True)
         opts.out.write_text(json.dumps(results, indent=1) + "\n")  # after every pair: an interruption keeps it

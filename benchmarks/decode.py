@@ -68,6 +68,9 @@ def grpo_training_cost(run_dir: Path) -> dict:
     and prompt + completion tokens trained on (summed over its logged steps), and wall seconds."""
     state = json.loads((run_dir / "trainer_state.json").read_text())
     steps = [e for e in state["log_history"] if "timing/step_s" in e]
+    if len(steps) != state["global_step"]:  # the sums below need one logged entry per optimizer step
+        raise SystemExit(f"{run_dir}: {len(steps)} logged steps for {state['global_step']} optimizer steps; the "
+                         f"training cost needs trainer.logging_steps=1")
     return {"run": str(run_dir), "optimizer_steps": len(steps),
             "generated_tokens": round(sum(e["completions/mean_length"] * state["train_batch_size"] for e in steps)),
             "trained_tokens": round(sum(e["perf/tokens_per_s"] * e["timing/step_s"] for e in steps)),
@@ -107,8 +110,9 @@ def reward_model_pairs(recipe: str, num_problems: int, exclude: set[str]) -> lis
 def on_policy_pairs(model, tokenizer, prompts: list, answers: list, verifier, samples: int, max_new_tokens: int,
                     seed: int) -> list[dict]:
     """Outcome pairs from the policy's own samples (`samples` per prompt at temperature 1), labelled by `verifier`:
-    per prompt with both kinds, up to two (correct, incorrect) pairs of distinct completions. These carry the
-    mistakes the policy actually makes, which the synthetic ones only imitate."""
+    per prompt with both kinds, up to two (correct, incorrect) pairs, each side drawn at random (with replacement)
+    from the prompt's distinct completions of that kind. These carry the mistakes the policy actually makes, which
+    the synthetic ones only imitate."""
     rng = random.Random(seed)
     generator = torch.Generator().manual_seed(seed)
     pairs = []
@@ -228,15 +232,22 @@ def reward_training_pairs(args: argparse.Namespace, model, tokenizer, verifier) 
     return pairs
 
 
-def reward_ranking(model, tokenizer, prompts, answers, source, verifier, max_new_tokens: int) -> float | None:
-    """The reward's ranking AUC (`ranking_auc`) on 8 policy samples per held-out prompt (seed 12345)."""
+def reward_ranking(model, tokenizer, prompts, answers, source, verifier, max_new_tokens: int) -> dict:
+    """How the reward ranks 8 policy samples per held-out prompt (seed 12345), by `ranking_auc`: within each prompt
+    (what best-of-N needs), averaged over the prompts with both correct and incorrect samples, and pooled over all
+    prompts (a correct completion of one problem against a wrong one of another)."""
+    samples = 8
     out = generate(model, tokenizer, chat_prompt_ids(tokenizer, prompts),
-                   Decoding(max_new_tokens, temperature=1.0, num_return_sequences=8), seed=12345)
+                   Decoding(max_new_tokens, temperature=1.0, num_return_sequences=samples), seed=12345)
     texts = out.texts(tokenizer)
-    expanded = [p for p in prompts for _ in range(8)]
-    gold = [a for a in answers for _ in range(8)]
-    return ranking_auc(source(prompts=expanded, completions=texts),
-                       verifier(prompts=expanded, completions=texts, answer=gold))
+    expanded = [p for p in prompts for _ in range(samples)]
+    gold = [a for a in answers for _ in range(samples)]
+    scores = source(prompts=expanded, completions=texts)
+    correct = verifier(prompts=expanded, completions=texts, answer=gold)
+    within = [auc for i in range(0, len(texts), samples)
+              if (auc := ranking_auc(scores[i:i + samples], correct[i:i + samples])) is not None]
+    return {"within_prompt": sum(within) / len(within) if within else None, "prompts_with_both": len(within),
+            "pooled": ranking_auc(scores, correct)}
 
 
 def main() -> None:
@@ -260,6 +271,12 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "decode.json"))
     parser.add_argument("--resume", action="store_true", help="keep the points already in --out, measure the rest")
     args = parser.parse_args()
+    labels = {label for label, *_ in configurations(args.ns, args.block, args.max_new_tokens, reward_model=True)}
+    if args.methods and not set(args.methods) <= labels:
+        parser.error(f"unknown --methods {sorted(set(args.methods) - labels)}; choose from {sorted(labels)}")
+    if args.reward_model == "train" and compose([f"recipe={args.recipe}"]).data.synthetic.task != "arithmetic":
+        parser.error("--reward-model train builds its pairs from the plain arithmetic task (prompts 'Compute a+b.'); "
+                     f"{args.recipe} uses another task: give a trained reward model's checkpoint instead")
 
     torch.set_num_threads(args.threads)
     workdir = Path(tempfile.mkdtemp(prefix="align-decode-bench-"))
@@ -272,13 +289,13 @@ def main() -> None:
     runs: dict[str, list] = previous.get("runs", {})
     extra = {key: previous[key] for key in ("grpo", "reward_model") if key in previous}
     base = Settings(block=args.block, max_new_tokens=args.max_new_tokens)
-    if args.grpo and "grpo" not in extra:
-        trained, trained_tokenizer = load_policy(str(args.grpo / "final"))
-        greedy = measure(trained, trained_tokenizer, prompts, answers, verifier, verifier, "greedy", base, seed=0)
+    if args.grpo and extra.get("grpo", {}).get("training", {}).get("run") != str(args.grpo):
+        grpo_model, grpo_tokenizer = load_policy(str(args.grpo / "final"))
+        greedy = measure(grpo_model, grpo_tokenizer, prompts, answers, verifier, verifier, "greedy", base, seed=0)
         training = grpo_training_cost(args.grpo)
         training["generated_tokens_per_prompt_decoded"] = training["generated_tokens"] / len(prompts)
         extra["grpo"] = {**greedy, "training": training}
-        del trained
+        del grpo_model
         print(f"[bench] GRPO greedy: accuracy {greedy['accuracy']:.3f}, trained on {training['generated_tokens']} "
               f"generated tokens", flush=True)
     model, tokenizer = load_policy(init)
@@ -286,7 +303,12 @@ def main() -> None:
     if args.reward_model:
         path = args.reward_model
         trained = None
-        if path == "train":
+        if "reward_model" in extra and path not in ("train", extra["reward_model"]["path"]):
+            raise SystemExit(f"--resume: the points in {out} were measured under the reward model "
+                             f"{extra['reward_model']['path']}, not {path}; give that one or another --out")
+        if path == "train" and "reward_model" in extra:  # --resume: its points were measured under that model
+            path, trained = extra["reward_model"]["path"], extra["reward_model"]["trained_here"]
+        elif path == "train":
             pairs = reward_training_pairs(args, model, tokenizer, verifier)
             path = train_reward_model(args.recipe, init, workdir, pairs, args.reward_model_steps)
             trained = {"pairs": len(pairs), "steps": args.reward_model_steps}
@@ -300,7 +322,7 @@ def main() -> None:
     for label, n, method, settings, potential in configurations(args.ns, args.block, args.max_new_tokens,
                                                                   reward_model=args.reward_model is not None):
         key = f"{label}@{n}"
-        if key in runs or args.methods and label not in args.methods:  # --resume: measured by an earlier run
+        if key in runs or args.methods and label not in args.methods:  # in runs: measured before (--resume)
             continue
         runs[key] = [{"seed": seed, **measure(model, tokenizer, prompts, answers, potentials[potential], verifier,
                                               method, settings, seed)} for seed in args.seeds]

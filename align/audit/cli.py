@@ -42,9 +42,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--control", default="embedded:neutral",
                         help="matched neutral prompts (default embedded:neutral)")
     parser.add_argument("--contrast", nargs=2, metavar=("FIRST", "SECOND"),
-                        help="two paired prompt sets (line i of one matches line i of the other) for the rank "
-                             "baseline: the base model's H(first_i) - H(second_i), an unrelated contrast (e.g. "
-                             "embedded:questions embedded:statements)")
+                        help="two paired prompt sets of equal length (prompt i of one matches prompt i of the "
+                             "other) for the rank baseline: the base model's H(first_i) - H(second_i) without the "
+                             "chat template over the first --n pairs, an unrelated contrast (e.g. embedded:questions "
+                             "embedded:statements)")
     parser.add_argument("--eps", type=float, default=0.05, help="energy left out by rank_eps, in (0, 1) (default 0.05)")
     parser.add_argument("--sensitivity-eps", type=_floats, default=(0.01, 0.10, 0.20),
                         help="further eps for the rank table (default 0.01,0.1,0.2)")

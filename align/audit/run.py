@@ -270,15 +270,16 @@ def ablation_set(cfg: AuditConfig, target: PromptSet) -> PromptSet:
 
 
 def contrast_sets(cfg: AuditConfig) -> dict[str, tuple[PromptSet, str]]:
-    """The two sets of `cfg.contrast` (the first n pairs), raw format, for the base model's capture; {} without one.
-    AuditInputError when the sets differ in length: the baseline pairs them line by line."""
+    """The two sets of `cfg.contrast` (their first n pairs), raw format, for the base model's capture; {} without
+    one. AuditInputError when the files hold different numbers of prompts (compared before the cut to n): the
+    baseline pairs them prompt by prompt, so a missing or extra line would shift every later pair."""
     if cfg.contrast is None:
         return {}
-    first, second = (load_prompts(source).head(cfg.n) for source in cfg.contrast)
+    first, second = (load_prompts(source) for source in cfg.contrast)
     if len(first) != len(second):
-        raise AuditInputError(f"--contrast pairs its two sets line by line, but {cfg.contrast[0]} has {len(first)} "
-                              f"prompts and {cfg.contrast[1]} {len(second)}; give files of equal length")
-    return {"contrast_first": (first, RAW), "contrast_second": (second, RAW)}
+        raise AuditInputError(f"--contrast pairs its two sets prompt by prompt, but {cfg.contrast[0]} has "
+                              f"{len(first)} prompts and {cfg.contrast[1]} {len(second)}; give files of equal length")
+    return {"contrast_first": (first.head(cfg.n), RAW), "contrast_second": (second.head(cfg.n), RAW)}
 
 
 def run_audit(cfg: AuditConfig, out_dir: Path) -> dict:
@@ -287,11 +288,11 @@ def run_audit(cfg: AuditConfig, out_dir: Path) -> dict:
     all_target = load_prompts(cfg.target)
     target, control = all_target.head(cfg.n), load_prompts(cfg.control).head(cfg.n)
     ablation_prompts = ablation_set(cfg, all_target) if cfg.ablate_k else None
+    contrast = contrast_sets(cfg)
     model_config, tokenizer = check_pair(cfg)
     num_layers, width = model_config.num_hidden_layers, model_config.hidden_size
     directions = read_direction(cfg.direction, num_layers, width) if cfg.direction else None
     sets = {"target_chat": (target, CHAT), "target_raw": (target, RAW), "control_chat": (control, CHAT)}
-    contrast = contrast_sets(cfg)
     acts = {"base": capture(cfg.base, tokenizer, {**sets, **contrast}, cfg, "base"),
             "aligned": capture(cfg.aligned, tokenizer, sets, cfg, "aligned")}
     layers, bases = layer_reports(acts, cfg.eps, cfg.sensitivity_eps, directions)

@@ -150,17 +150,26 @@ def test_the_contrast_baseline_is_the_base_models_raw_pair_difference(checkpoint
                                                                      RAW), add_special_tokens=True)
                      for name in ("embedded:questions", "embedded:statements"))
     for row in report["layers"]:  # the planted change in the aligned model does not enter the base-only baseline
+        contrast = row["variants"]["contrast"]
         expected = singular_values((first[row["layer"]] - second[row["layer"]]).T.double())
-        assert torch.allclose(torch.tensor(row["variants"]["contrast"]["spectrum"], dtype=torch.float64), expected,
-                              rtol=1e-4, atol=1e-6)
-        assert row["variants"]["contrast"]["rank_eps"] >= 1
+        assert torch.allclose(torch.tensor(contrast["spectrum"], dtype=torch.float64), expected, rtol=1e-4, atol=1e-6)
+        assert contrast["rank_eps"] >= 1 and contrast["rho_eps"] == contrast["rank_eps"] / 128  # rho over d, not n
+        assert contrast["cos_u1_ref"] is not None
     markdown = (out / "audit.md").read_text()
     assert "| 3 | contrast | " in markdown and "the rank baseline" in markdown
 
 
-def test_contrast_sets_of_unequal_length_are_refused_before_loading(checkpoints, tmp_path, capsys):
+def test_contrast_sets_of_unequal_length_are_refused_before_loading(checkpoints, tmp_path, capsys, monkeypatch):
+    import align.audit.run
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("weights loaded before the contrast sets were checked")
+
+    monkeypatch.setattr(align.audit.run, "load_causal_lm", no_weights)
     (tmp_path / "three.txt").write_text("Is it red?\nIs it big?\nIs it old?\n")
     (tmp_path / "two.txt").write_text("It is red.\nIt is big.\n")
+    # --n 2 would cut both files to two prompts: the lengths are compared before that cut
     err = _error(capsys, ["--base", checkpoints["tiny"], "--aligned", checkpoints["planted"], "--contrast",
-                          str(tmp_path / "three.txt"), str(tmp_path / "two.txt"), "--out", str(tmp_path / "out")])
-    assert "pairs its two sets line by line" in err and "3 prompts" in err and "equal length" in err
+                          str(tmp_path / "three.txt"), str(tmp_path / "two.txt"), "--n", "2",
+                          "--out", str(tmp_path / "out")])
+    assert "pairs its two sets prompt by prompt" in err and "3 prompts" in err and "equal length" in err
